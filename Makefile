@@ -1,0 +1,66 @@
+# virtfleet: `make test` (everything CI runs) and `make demo` (the product, end to end, locally).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Builds the pinned control plane once per machine (cached in ~/.cache/virtfleet) and names its bin dir.
+WITH_CONTROLPLANE = bin_dir=$$(bash hack/controlplane/build.sh) && VIRTFLEET_BIN_DIR=$$bin_dir
+PYTEST_FLAGS ?=
+
+.PHONY: help venv controlplane crds lint format typecheck contracts test-unit test-integration e2e test demo demo-stop clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## create the virtualenv with the package and dev tools
+
+controlplane: ## build (or reuse from ~/.cache/virtfleet) etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+	@bash hack/controlplane/build.sh >/dev/null
+
+crds: venv ## regenerate crds/ from the pydantic models
+	$(BIN)/virtfleet crds --output crds
+
+lint: venv ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: venv ## mypy --strict on the package
+	$(BIN)/mypy
+
+contracts: venv ## import-linter: the layers of docs/architecture.md
+	$(BIN)/lint-imports
+
+test-unit: venv ## pure unit tests
+	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
+
+test-integration: venv ## tests against the real local control plane
+	$(WITH_CONTROLPLANE) $(BIN)/pytest tests/integration e2e $(PYTEST_FLAGS)
+
+test: venv ## everything: lint, types, contracts, stale CRDs, unit, integration, e2e
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(WITH_CONTROLPLANE) $(BIN)/pytest tests e2e $(PYTEST_FLAGS)
+
+demo: venv ## start a local control plane + operator, apply examples/, show the result
+	$(WITH_CONTROLPLANE) $(BIN)/python hack/demo.py up
+
+demo-stop: venv ## stop everything `make demo` started
+	$(BIN)/python hack/demo.py down
+
+clean: ## remove the virtualenv and demo state (the control plane cache stays)
+	-$(BIN)/python hack/demo.py down 2>/dev/null
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from virtfleet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Pure policy, rendering and planning code: no I/O, no clocks read implicitly, unit-tested."""

@@ -1,0 +1,37 @@
+"""Operator-wide kopf configuration, applied once at start-up."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from virtfleet.settings import Settings
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Keep kopf's bookkeeping in virtfleet.io annotations and out of our structural status."""
+    config: Settings = memo.get("settings") or Settings.from_env()
+    memo["settings"] = config
+    prefix = config.annotations_prefix
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{prefix}/finalizer"
+    # Events are for people: only the ones handlers post on purpose, and warnings.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, else the kubeconfig that KUBECONFIG names when we start.
+
+    kopf's own loaders read the environment at call time (kubernetes_asyncio's fix it at import).
+    """
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    return info or kopf.login_with_kubeconfig(**kwargs)

@@ -1,0 +1,66 @@
+"""Operator settings: one object, filled from flags and VIRTFLEET_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """A setting has a value the operator cannot use; the message names the setting."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as error:
+        raise SettingsError(f"{name}={raw!r} is not a number") from error
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that tunes the operator; defaults are what a production install wants."""
+
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    standalone: bool = False  # false: kopf peering, so only one replica acts at a time
+    peering_name: str = "virtfleet"
+    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+    metrics_port: int = 9090
+    default_cpu_ratio: float = 1.0
+    default_memory_ratio: float = 1.0
+    field_manager: str = "virtfleet"
+    annotations_prefix: str = "virtfleet.io"
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read VIRTFLEET_* variables; explicit overrides (from flags) win over the environment."""
+        env = os.environ if env is None else env
+        namespaces = tuple(n for n in env.get("VIRTFLEET_NAMESPACES", "").replace(",", " ").split() if n)
+        values: dict[str, object] = {
+            "namespaces": namespaces,
+            "standalone": env.get("VIRTFLEET_STANDALONE", "").lower() in ("1", "true", "yes"),
+            "peering_name": env.get("VIRTFLEET_PEERING_NAME", cls.peering_name),
+            "liveness_endpoint": env.get("VIRTFLEET_LIVENESS_ENDPOINT", cls.liveness_endpoint),
+            "default_cpu_ratio": _float(env, "VIRTFLEET_DEFAULT_CPU_RATIO", cls.default_cpu_ratio, 1.0),
+            "default_memory_ratio": _float(
+                env, "VIRTFLEET_DEFAULT_MEMORY_RATIO", cls.default_memory_ratio, 1.0
+            ),
+        }
+        port = env.get("VIRTFLEET_METRICS_PORT")
+        if port:
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"VIRTFLEET_METRICS_PORT={port!r} is not a TCP port")
+            values["metrics_port"] = int(port)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,35 @@
+"""One real control plane per test session: etcd, kube-apiserver, kube-controller-manager."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from virtfleet.kube.client import Kube
+from virtfleet.localcluster import LocalCluster
+from virtfleet.localcluster.testing import SessionCluster
+
+
+@pytest.fixture(scope="session")
+def cluster(test_cluster: SessionCluster) -> LocalCluster:
+    if test_cluster.local is None:
+        pytest.exit("tests/integration need the local control plane; e2e/ runs against other clusters")
+    return test_cluster.local
+
+
+@pytest.fixture
+async def kube(cluster: LocalCluster) -> AsyncIterator[Kube]:
+    client = await Kube.connect(field_manager="virtfleet-tests", kubeconfig=str(cluster.kubeconfig))
+    async with client:
+        yield client
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace per test, deleted (by the real namespace controller) afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
