@@ -87,6 +87,33 @@ def _cmd_localcluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_twin(args: argparse.Namespace) -> int:
+    import logging
+
+    from virtfleet.kube.client import Kube
+    from virtfleet.twin import BANNER
+    from virtfleet.twin.clock import Clock
+    from virtfleet.twin.fleet import Fleet
+    from virtfleet.twin.runtime import Twin
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{BANNER}] %(message)s")
+    fleet = Fleet.load(Path(args.fleet))
+    if args.time_scale is not None:
+        fleet = fleet.model_copy(update={"time_scale": args.time_scale})
+
+    async def main() -> None:
+        kube = await Kube.connect(field_manager="virtfleet-twin", pool_size=64)
+        async with kube:
+            twin = Twin(kube, fleet, Clock(fleet.time_scale), workers=args.workers)
+            await twin.ensure_nodes()
+            if args.command_twin == "run":
+                await twin.run()
+
+    print(f"{BANNER}: fleet {args.fleet}, time scale {fleet.time_scale}", file=sys.stderr)
+    asyncio.run(main())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virtfleet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--apply", action="append", default=[], help="manifests to server-side apply")
     local.add_argument("--ready-file", help="write the kubeconfig path here once the cluster is up")
     local.set_defaults(func=_cmd_localcluster)
+
+    twin = commands.add_parser(
+        "twin", help="SIMULATED KubeVirt runtime for tests and the demo (not KubeVirt)"
+    )
+    twin_commands = twin.add_subparsers(dest="command_twin", required=True)
+    for name, text in (("run", "create the fleet's nodes and simulate KubeVirt until interrupted"),
+                       ("nodes", "create or update the fleet's Node objects and exit")):  # fmt: skip
+        sub = twin_commands.add_parser(name, help=text)
+        sub.add_argument("--fleet", required=True, help="fleet file (YAML), see docs/twin.md")
+        sub.add_argument("--time-scale", type=float, help="real seconds per simulated second")
+        sub.add_argument("--workers", type=int, default=16, help="concurrent reconcilers")
+        sub.set_defaults(func=_cmd_twin)
     return parser
 
 
