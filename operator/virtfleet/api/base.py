@@ -27,6 +27,14 @@ ObjectName = Annotated[
 ]
 
 
+LabelMap = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=317)], Annotated[str, StringConstraints(max_length=1024)]
+    ],
+    Field(max_length=64),
+]
+
+
 class Model(BaseModel):
     """Base of every model: camelCase on the wire, snake_case in Python, unknown fields rejected."""
 

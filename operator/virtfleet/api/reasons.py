@@ -5,3 +5,21 @@ from __future__ import annotations
 # VMTemplate
 TEMPLATE_VALID = "TemplateValid"
 INVALID_SPEC = "InvalidSpec"
+
+# VirtualMachinePool conditions and events
+CAPACITY_EXHAUSTED = "CapacityExhausted"  # also a condition type
+CAPACITY_AVAILABLE = "CapacityAvailable"
+TEMPLATE_NOT_FOUND = "TemplateNotFound"
+REVISION_NOT_FOUND = "RevisionNotFound"
+INCOMPATIBLE_TEMPLATE = "IncompatibleTemplate"
+ALL_REPLICAS_READY = "AllReplicasReady"
+REPLICAS_NOT_READY = "ReplicasNotReady"
+SCALING = "Scaling"
+ROLLING_UPDATE = "RollingUpdate"
+ROLLOUT_COMPLETE = "RolloutComplete"
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+PAUSED = "Paused"
+SUCCESSFUL_CREATE = "SuccessfulCreate"
+SUCCESSFUL_DELETE = "SuccessfulDelete"
+FAILED_CREATE = "FailedCreate"
+HOT_PLUGGED = "HotPlugged"

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from virtfleet.api.base import BaseStatus, DNSLabel, Model, ObjectName, Quantity, cel
+from virtfleet.api.base import BaseStatus, DNSLabel, LabelMap, Model, ObjectName, Quantity, cel
 
 RunStrategy = Literal["Always", "Halted", "Manual", "RerunOnFailure", "Once"]
 EvictionStrategy = Literal["LiveMigrate", "LiveMigrateIfPossible", "External", "None"]
@@ -194,14 +194,6 @@ class CloudInit(Model):
     user_data_secret_ref: SecretRef | None = Field(
         default=None, description="Secret whose 'userdata' key holds the user data."
     )
-
-
-LabelMap = Annotated[
-    dict[
-        Annotated[str, StringConstraints(max_length=317)], Annotated[str, StringConstraints(max_length=1024)]
-    ],
-    Field(max_length=64),
-]
 
 
 class VMTemplateSpec(Model):

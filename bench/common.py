@@ -1,0 +1,41 @@
+"""Shared plumbing for the benchmarks: a control plane, results files, RSS readings."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's high-water resident set size (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def write_results(name: str, figures: dict[str, dict[str, Any]], command: str) -> Path:
+    """bench/results/<name>.json as {"<figure>": {"value", "unit", "target"}}, and print a table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    width = max(len(k) for k in figures)
+    print(f"\n{name} — {datetime.now(UTC):%Y-%m-%d %H:%M UTC} on {platform.node()} ({os.cpu_count()} cpus)")
+    for figure, row in figures.items():
+        print(f"  {figure:<{width}}  {row['value']!s:>12} {row['unit']:<10} target: {row['target']}")
+    print(f"reproduce: {command}\nwritten: {path}")
+    return path
+
+
+def git_revision() -> str:
+    result = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() or "unknown"

@@ -1,0 +1,327 @@
+"""Render a pool member: VMTemplate revision + pool + ordinal -> a kubevirt.io/v1 VirtualMachine (pure).
+
+Oversubscription (docs/oversubscription.md):
+- shared CPUs: requests.cpu = vCPUs x 1000 / cpuRatio millicores, limits.cpu = vCPUs (static allocation);
+- memory: guest = the template's memory, requests.memory = guest / memoryRatio (KubeVirt lets the guest
+  see more memory than the pod requests: that is its overcommit mechanism);
+- dedicated CPUs: requests = limits = whole cores, memory requests = limits = guest (Guaranteed QoS),
+  never oversubscribed; the pod lands only on cpumanager nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from virtfleet import API_VERSION
+from virtfleet.api.pool import VirtualMachinePoolSpec
+from virtfleet.api.vmtemplate import Disk, Interface, VMTemplateSpec
+from virtfleet.core.kubevirt import CPUMANAGER_LABEL
+from virtfleet.core.quantity import parse_bytes
+
+POOL_LABEL = "virtfleet.io/pool"
+TEMPLATE_LABEL = "virtfleet.io/template"
+REVISION_LABEL = "virtfleet.io/template-revision"
+ORDINAL_LABEL = "virtfleet.io/ordinal"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+CPU_RATIO_ANNOTATION = "virtfleet.io/cpu-ratio"
+MEMORY_RATIO_ANNOTATION = "virtfleet.io/memory-ratio"
+
+
+class RenderError(ValueError):
+    """The template and pool cannot make a valid VM; the message names the field."""
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """Everything about the pool that rendering needs."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: VirtualMachinePoolSpec
+    cpu_ratio: float
+    memory_ratio: float
+
+
+def pool_selector(pool: str) -> str:
+    return f"{POOL_LABEL}={pool}"
+
+
+def vm_name(pool: str, ordinal: int) -> str:
+    return f"{pool}-{ordinal}"
+
+
+def check_compatible(template: VMTemplateSpec, cpu_ratio: float, memory_ratio: float) -> list[str]:
+    """Problems that only template + pool together reveal (admission sees them one at a time)."""
+    problems = []
+    if template.cpu.policy == "dedicated" and cpu_ratio != 1:
+        problems.append(
+            f"spec.cpuRatio: {cpu_ratio:g} with a dedicated-CPU template; pinned cores cannot be "
+            "oversubscribed, use 1"
+        )
+    if template.memory.hugepages and memory_ratio != 1:
+        problems.append(
+            f"spec.memoryRatio: {memory_ratio:g} with a hugepage-backed template; hugepages cannot be "
+            "oversubscribed, use 1"
+        )
+    return problems
+
+
+def _millicores(vcpus: int, ratio: float) -> str:
+    return f"{math.ceil(vcpus * 1000 / ratio)}m"
+
+
+def _memory_request(guest: str, ratio: float) -> str:
+    if ratio == 1:
+        return guest
+    return str(math.ceil(parse_bytes(guest) / ratio))
+
+
+def render_vm(
+    pool: PoolContext, template_name: str, revision: str, template: VMTemplateSpec, ordinal: int
+) -> dict[str, Any]:
+    """The VirtualMachine for one pool member (stable name `<pool>-<ordinal>`)."""
+    problems = check_compatible(template, pool.cpu_ratio, pool.memory_ratio)
+    if problems:
+        raise RenderError("; ".join(problems))
+    spec = pool.spec
+    name = vm_name(pool.name, ordinal)
+    identity = {
+        POOL_LABEL: pool.name,
+        TEMPLATE_LABEL: template_name,
+        REVISION_LABEL: revision,
+        ORDINAL_LABEL: str(ordinal),
+        MANAGED_BY: "virtfleet",
+    }
+    labels = {**template.labels, **spec.overrides.labels, **identity}
+    annotations = {
+        **template.annotations,
+        **spec.overrides.annotations,
+        CPU_RATIO_ANNOTATION: f"{pool.cpu_ratio:g}",
+        MEMORY_RATIO_ANNOTATION: f"{pool.memory_ratio:g}",
+    }
+    dynamic = spec.allocation == "dynamic"
+    cpu = template.cpu
+    dedicated = cpu.policy == "dedicated"
+    domain_cpu: dict[str, Any] = {"sockets": cpu.sockets, "cores": cpu.cores, "threads": cpu.threads}
+    model = spec.overrides.cpu_model or cpu.model
+    if model:
+        domain_cpu["model"] = model
+    if dedicated:
+        domain_cpu["dedicatedCpuPlacement"] = True
+        if cpu.isolate_emulator_thread:
+            domain_cpu["isolateEmulatorThread"] = True
+    if template.numa and template.numa.guest_mapping_passthrough:
+        domain_cpu["numa"] = {"guestMappingPassthrough": {}}
+    if dynamic and cpu.max_sockets:
+        domain_cpu["maxSockets"] = cpu.max_sockets
+    memory: dict[str, Any] = {"guest": template.memory.guest}
+    if template.memory.hugepages:
+        memory["hugepages"] = {"pageSize": template.memory.hugepages}
+    if dynamic and template.memory.max_guest:
+        memory["maxGuest"] = template.memory.max_guest
+
+    vcpus = cpu.vcpus
+    resources: dict[str, Any]
+    if dedicated:
+        cores = str(vcpus)
+        resources = {"requests": {"cpu": cores}, "limits": {"cpu": cores}}
+        if not template.memory.hugepages:
+            resources["requests"]["memory"] = template.memory.guest
+            resources["limits"]["memory"] = template.memory.guest
+    else:
+        resources = {"requests": {"cpu": _millicores(vcpus, pool.cpu_ratio)}}
+        if not dynamic:
+            # A CPU limit would cap hot-plugged vCPUs at the boot-time count, so only static VMs get one.
+            resources["limits"] = {"cpu": str(vcpus)}
+        if not template.memory.hugepages:
+            resources["requests"]["memory"] = _memory_request(template.memory.guest, pool.memory_ratio)
+
+    disks, volumes, data_volumes = _storage(name, pool.namespace, template.disks)
+    interfaces, networks = _network(template.interfaces)
+    devices: dict[str, Any] = {"disks": disks, "interfaces": interfaces}
+    if not template.interfaces:
+        devices["autoattachPodInterface"] = False
+    if template.host_devices:
+        devices["hostDevices"] = [
+            {"name": d.name, "deviceName": d.device_name} for d in template.host_devices
+        ]
+    if template.cloud_init:
+        devices["disks"].append({"name": "cloudinit", "disk": {"bus": "virtio"}})
+        no_cloud: dict[str, Any] = (
+            {"userData": template.cloud_init.user_data}
+            if template.cloud_init.user_data is not None
+            else {"secretRef": {"name": template.cloud_init.user_data_secret_ref.name}}  # type: ignore[union-attr]
+        )
+        volumes.append({"name": "cloudinit", "cloudInitNoCloud": no_cloud})
+
+    vmi_spec: dict[str, Any] = {
+        "domain": {"cpu": domain_cpu, "memory": memory, "resources": resources, "devices": devices},
+        "networks": networks,
+        "volumes": volumes,
+        "evictionStrategy": spec.overrides.eviction_strategy or template.eviction_strategy,
+    }
+    node_selector = dict(spec.placement.node_selector)
+    if dedicated:
+        node_selector[CPUMANAGER_LABEL] = "true"
+    if node_selector:
+        vmi_spec["nodeSelector"] = node_selector
+    pool_match = {"matchLabels": {POOL_LABEL: pool.name}}
+    if spec.placement.spread:
+        vmi_spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": spec.placement.spread.max_skew,
+                "topologyKey": spec.placement.spread.topology_key,
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": pool_match,
+            }
+        ]
+    if spec.placement.anti_affinity == "required":
+        vmi_spec["affinity"] = {
+            "podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": pool_match, "topologyKey": "kubernetes.io/hostname"}
+                ]
+            }
+        }
+    elif spec.placement.anti_affinity == "preferred":
+        vmi_spec["affinity"] = {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "labelSelector": pool_match,
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }
+                ]
+            }
+        }
+
+    vm: dict[str, Any] = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {
+            "name": name,
+            "namespace": pool.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "VirtualMachinePool",
+                    "name": pool.name,
+                    "uid": pool.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "runStrategy": spec.run_strategy or template.run_strategy,
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": dict(annotations)},
+                "spec": vmi_spec,
+            },
+        },
+    }
+    if data_volumes:
+        vm["spec"]["dataVolumeTemplates"] = data_volumes
+    return vm
+
+
+def _storage(
+    vm: str, namespace: str, disks: list[Disk]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    devices: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    data_volumes: list[dict[str, Any]] = []
+    for disk in disks:
+        device: dict[str, Any] = {"name": disk.name, "disk": {"bus": disk.bus}}
+        if disk.boot_order is not None:
+            device["bootOrder"] = disk.boot_order
+        devices.append(device)
+        source = disk.source
+        if source.container_image:
+            volumes.append({"name": disk.name, "containerDisk": {"image": source.container_image}})
+            continue
+        dv_name = f"{vm}-{disk.name}"
+        dv_source: dict[str, Any]
+        if source.http:
+            dv_source = {"http": {"url": source.http}}
+        elif source.clone_pvc:
+            # CDI requires the source namespace; a template without one means its own namespace.
+            pvc = source.clone_pvc
+            dv_source = {"pvc": {"name": pvc.name, "namespace": pvc.namespace or namespace}}
+        elif source.clone_snapshot:
+            snap = source.clone_snapshot
+            dv_source = {"snapshot": {"name": snap.name, "namespace": snap.namespace or namespace}}
+        else:
+            dv_source = {"blank": {}}
+        storage: dict[str, Any] = {"resources": {"requests": {"storage": disk.size}}}
+        if disk.storage_class:
+            storage["storageClassName"] = disk.storage_class
+        dv_spec: dict[str, Any] = {"source": dv_source, "storage": storage}
+        if disk.provisioning == "thick":
+            dv_spec["preallocation"] = True
+        data_volumes.append({"metadata": {"name": dv_name}, "spec": dv_spec})
+        volumes.append({"name": disk.name, "dataVolume": {"name": dv_name}})
+    return devices, volumes, data_volumes
+
+
+def _network(interfaces: list[Interface]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    devices: list[dict[str, Any]] = []
+    networks: list[dict[str, Any]] = []
+    for iface in interfaces:
+        binding = {"nat": "masquerade", "bridge": "bridge", "isolated": "bridge", "sriov": "sriov"}[
+            iface.type
+        ]
+        device: dict[str, Any] = {"name": iface.name, binding: {}}
+        if iface.type != "sriov":
+            device["model"] = iface.model
+        if iface.mac_address:
+            device["macAddress"] = iface.mac_address
+        devices.append(device)
+        if iface.type == "nat":
+            networks.append({"name": iface.name, "pod": {}})
+        else:
+            networks.append({"name": iface.name, "multus": {"networkName": iface.network}})
+    return devices, networks
+
+
+def live_patchable(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """True when only hot-pluggable fields differ: CPU sockets (within maxSockets) and guest memory
+    (within maxGuest). KubeVirt applies those to a running VM without a restart (LiveUpdate)."""
+
+    def strip(vm: Mapping[str, Any]) -> Any:
+        template = dict((vm.get("spec") or {}).get("template") or {})
+        spec = dict(template.get("spec") or {})
+        domain = dict(spec.get("domain") or {})
+        cpu = dict(domain.get("cpu") or {})
+        memory = dict(domain.get("memory") or {})
+        resources = dict(domain.get("resources") or {})
+        cpu.pop("sockets", None)
+        memory.pop("guest", None)
+        resources.pop("requests", None)
+        domain.update(cpu=cpu, memory=memory, resources=resources)
+        spec["domain"] = domain
+        meta = dict(template.get("metadata") or {})
+        labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != REVISION_LABEL}
+        return {**spec, "_labels": labels, "_annotations": meta.get("annotations")}
+
+    def within(vm: Mapping[str, Any]) -> bool:
+        domain = ((vm.get("spec") or {}).get("template") or {}).get("spec", {}).get("domain", {})
+        cpu, memory = domain.get("cpu") or {}, domain.get("memory") or {}
+        if "maxSockets" not in cpu and "maxGuest" not in memory:
+            return False
+        sockets_ok = cpu.get("sockets", 1) <= cpu.get("maxSockets", cpu.get("sockets", 1))
+        guest_ok = "maxGuest" not in memory or parse_bytes(str(memory["guest"])) <= parse_bytes(
+            str(memory["maxGuest"])
+        )
+        return bool(sockets_ok and guest_ok)
+
+    return strip(current) == strip(desired) and within(desired)
