@@ -50,6 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         peering_name=args.peering,
         liveness_endpoint=args.liveness,
     )
+    kopf.configure(verbose=args.verbose, debug=False)
     print(
         f"virtfleet operator: watching {'all namespaces' if settings.clusterwide else settings.namespaces}, "
         f"{'standalone' if settings.standalone else 'peering ' + settings.peering_name}",
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--standalone", action="store_true", help="no peering: assume the only replica")
     run.add_argument("--peering", default=None, help="kopf peering name (default virtfleet)")
     run.add_argument("--liveness", default=None, help="health endpoint URL, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("-v", "--verbose", action="store_true", help="log every handler run")
     run.set_defaults(func=_cmd_run)
 
     crds = commands.add_parser("crds", help="write the CRDs generated from the API models")

@@ -35,6 +35,8 @@ class Settings:
     metrics_port: int = 9090
     default_cpu_ratio: float = 1.0
     default_memory_ratio: float = 1.0
+    # KubeVirt's cluster-wide cpuAllocationRatio: what a VMI without CPU requests asks per vCPU.
+    kubevirt_cpu_allocation_ratio: float = 10.0
     field_manager: str = "virtfleet"
     annotations_prefix: str = "virtfleet.io"
 
@@ -55,6 +57,9 @@ class Settings:
             "default_cpu_ratio": _float(env, "VIRTFLEET_DEFAULT_CPU_RATIO", cls.default_cpu_ratio, 1.0),
             "default_memory_ratio": _float(
                 env, "VIRTFLEET_DEFAULT_MEMORY_RATIO", cls.default_memory_ratio, 1.0
+            ),
+            "kubevirt_cpu_allocation_ratio": _float(
+                env, "VIRTFLEET_KUBEVIRT_CPU_ALLOCATION_RATIO", cls.kubevirt_cpu_allocation_ratio, 1.0
             ),
         }
         port = env.get("VIRTFLEET_METRICS_PORT")

@@ -15,7 +15,7 @@ import yaml
 from virtfleet.api.pool import VirtualMachinePoolSpec
 from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core.kubevirt import launcher_requests
-from virtfleet.core.render import PoolContext, RenderError, check_compatible, live_patchable, render_vm
+from virtfleet.core.render import PoolContext, RenderError, check_compatible, hotplug_only, render_vm
 from virtfleet.core.revisions import revision_hash
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "render"
@@ -101,17 +101,23 @@ def test_incompatible_pool_and_template(
         render_vm(PoolContext("p", "ns", "uid", pool, cpu, memory), "t", "0123456789", template, 0)
 
 
-def test_socket_change_within_max_sockets_is_live() -> None:
+def test_socket_and_memory_changes_within_bounds_are_hot_pluggable() -> None:
     data = yaml.safe_load((DATA / "dynamic-allocation.yaml").read_text())
-    pool = VirtualMachinePoolSpec.model_validate(data["pool"])
-    context = PoolContext("p", "ns", "uid", pool, 2.0, 1.0)
     before = VMTemplateSpec.model_validate(data["template"])
-    grown = before.model_copy(update={"cpu": before.cpu.model_copy(update={"sockets": 4})})
-    too_far = before.model_copy(
-        update={"cpu": before.cpu.model_copy(update={"sockets": 9, "max_sockets": 8})}
+
+    def changed(**cpu: Any) -> VMTemplateSpec:
+        return before.model_copy(update={"cpu": before.cpu.model_copy(update=cpu)})
+
+    assert hotplug_only(before, changed(sockets=4))
+    assert hotplug_only(
+        before, before.model_copy(update={"memory": before.memory.model_copy(update={"guest": "8Gi"})})
     )
-    other = before.model_copy(update={"eviction_strategy": "External"})
-    current = render_vm(context, "t", "aaaaaaaaaa", before, 0)
-    assert live_patchable(current, render_vm(context, "t", "bbbbbbbbbb", grown, 0))
-    assert not live_patchable(current, render_vm(context, "t", "bbbbbbbbbb", too_far, 0))
-    assert not live_patchable(current, render_vm(context, "t", "bbbbbbbbbb", other, 0))
+    assert not hotplug_only(before, changed(sockets=9))  # beyond maxSockets 8
+    assert not hotplug_only(before, changed(cores=4))  # cores are not hot-pluggable
+    assert not hotplug_only(before, before.model_copy(update={"eviction_strategy": "External"}))
+    static = VMTemplateSpec.model_validate(
+        {**data["template"], "cpu": {"sockets": 2}, "memory": {"guest": "4Gi"}}
+    )
+    assert not hotplug_only(
+        static, static.model_copy(update={"cpu": static.cpu.model_copy(update={"sockets": 3})})
+    )

@@ -243,8 +243,26 @@ class VMTemplateSpec(Model):
     )
 
 
+class RevisionEntry(Model):
+    """One stored revision of the template."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-f0-9]{10}$")] = Field(
+        description="Content hash of the revision's spec; pools pin it in templateRef.revision."
+    )
+    revision: int = Field(ge=1, description="Sequence number: higher is newer.")
+
+
 class VMTemplateStatus(BaseStatus):
     """Observed state of a VMTemplate."""
+
+    current_revision: Annotated[str, StringConstraints(pattern=r"^[a-f0-9]{10}$")] | None = Field(
+        default=None, description="Revision of the current spec (absent while the spec is invalid)."
+    )
+    revisions: list[RevisionEntry] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Stored revisions, oldest first; a revision stays while a pool uses it.",
+    )
 
     vcpus: int | None = Field(
         default=None,

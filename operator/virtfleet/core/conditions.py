@@ -19,6 +19,8 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 # kstatus: True means the object cannot make progress without a change by a person.
 STALLED = "Stalled"
+# kstatus: True while the controller is working towards the spec.
+RECONCILING = "Reconciling"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ Oversubscription (docs/oversubscription.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +19,14 @@ from virtfleet.api.pool import VirtualMachinePoolSpec
 from virtfleet.api.vmtemplate import Disk, Interface, VMTemplateSpec
 from virtfleet.core.kubevirt import CPUMANAGER_LABEL
 from virtfleet.core.quantity import parse_bytes
+from virtfleet.core.revisions import revision_hash
 
 POOL_LABEL = "virtfleet.io/pool"
 TEMPLATE_LABEL = "virtfleet.io/template"
 REVISION_LABEL = "virtfleet.io/template-revision"
 ORDINAL_LABEL = "virtfleet.io/ordinal"
 MANAGED_BY = "app.kubernetes.io/managed-by"
+POOL_HASH_ANNOTATION = "virtfleet.io/pool-hash"
 CPU_RATIO_ANNOTATION = "virtfleet.io/cpu-ratio"
 MEMORY_RATIO_ANNOTATION = "virtfleet.io/memory-ratio"
 
@@ -44,6 +45,15 @@ class PoolContext:
     spec: VirtualMachinePoolSpec
     cpu_ratio: float
     memory_ratio: float
+
+
+def pool_hash(pool: PoolContext) -> str:
+    """Hash of everything but the template revision that shapes the pool's VMs."""
+    inputs = pool.spec.model_dump(
+        mode="json", by_alias=True, include={"allocation", "placement", "run_strategy", "overrides"}
+    )
+    inputs.update(cpuRatio=pool.cpu_ratio, memoryRatio=pool.memory_ratio)
+    return revision_hash(inputs)
 
 
 def pool_selector(pool: str) -> str:
@@ -102,6 +112,7 @@ def render_vm(
         **spec.overrides.annotations,
         CPU_RATIO_ANNOTATION: f"{pool.cpu_ratio:g}",
         MEMORY_RATIO_ANNOTATION: f"{pool.memory_ratio:g}",
+        POOL_HASH_ANNOTATION: pool_hash(pool),
     }
     dynamic = spec.allocation == "dynamic"
     cpu = template.cpu
@@ -293,35 +304,26 @@ def _network(interfaces: list[Interface]) -> tuple[list[dict[str, Any]], list[di
     return devices, networks
 
 
-def live_patchable(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """True when only hot-pluggable fields differ: CPU sockets (within maxSockets) and guest memory
-    (within maxGuest). KubeVirt applies those to a running VM without a restart (LiveUpdate)."""
-
-    def strip(vm: Mapping[str, Any]) -> Any:
-        template = dict((vm.get("spec") or {}).get("template") or {})
-        spec = dict(template.get("spec") or {})
-        domain = dict(spec.get("domain") or {})
-        cpu = dict(domain.get("cpu") or {})
-        memory = dict(domain.get("memory") or {})
-        resources = dict(domain.get("resources") or {})
-        cpu.pop("sockets", None)
-        memory.pop("guest", None)
-        resources.pop("requests", None)
-        domain.update(cpu=cpu, memory=memory, resources=resources)
-        spec["domain"] = domain
-        meta = dict(template.get("metadata") or {})
-        labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != REVISION_LABEL}
-        return {**spec, "_labels": labels, "_annotations": meta.get("annotations")}
-
-    def within(vm: Mapping[str, Any]) -> bool:
-        domain = ((vm.get("spec") or {}).get("template") or {}).get("spec", {}).get("domain", {})
-        cpu, memory = domain.get("cpu") or {}, domain.get("memory") or {}
-        if "maxSockets" not in cpu and "maxGuest" not in memory:
-            return False
-        sockets_ok = cpu.get("sockets", 1) <= cpu.get("maxSockets", cpu.get("sockets", 1))
-        guest_ok = "maxGuest" not in memory or parse_bytes(str(memory["guest"])) <= parse_bytes(
-            str(memory["maxGuest"])
-        )
-        return bool(sockets_ok and guest_ok)
-
-    return strip(current) == strip(desired) and within(desired)
+def hotplug_only(old: VMTemplateSpec, new: VMTemplateSpec) -> bool:
+    """True when the revisions differ only in what KubeVirt hot-plugs into a running VM (LiveUpdate):
+    CPU sockets within maxSockets and guest memory within maxGuest (both bounds unchanged)."""
+    if old == new:
+        return True
+    if new.cpu.max_sockets is None and new.memory.max_guest is None:
+        return False
+    same_rest = old.model_copy(
+        update={
+            "cpu": old.cpu.model_copy(update={"sockets": new.cpu.sockets}),
+            "memory": old.memory.model_copy(update={"guest": new.memory.guest}),
+        }
+    )
+    if same_rest != new:
+        return False
+    if new.cpu.sockets != old.cpu.sockets and (
+        new.cpu.max_sockets is None or new.cpu.sockets > new.cpu.max_sockets
+    ):
+        return False
+    return new.memory.guest == old.memory.guest or (
+        new.memory.max_guest is not None
+        and parse_bytes(new.memory.guest) <= parse_bytes(new.memory.max_guest)
+    )

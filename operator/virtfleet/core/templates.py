@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from virtfleet.api import reasons
+from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core import conditions
 from virtfleet.core.validation import Problem, validate_template
 
@@ -17,6 +18,7 @@ _MAX_PROBLEMS_IN_MESSAGE = 10
 @dataclass(frozen=True)
 class TemplateVerdict:
     problems: list[Problem]
+    parsed: VMTemplateSpec | None = None
     # The status fields to write; empty when the stored status already says this.
     status_patch: dict[str, Any] = field(default_factory=dict)
 
@@ -68,4 +70,4 @@ def evaluate_template(
         patch["vcpus"] = vcpus  # None removes it (merge patch)
     if generation is not None and current.get("observedGeneration") != generation:
         patch["observedGeneration"] = generation
-    return TemplateVerdict(problems=problems, status_patch=patch)
+    return TemplateVerdict(problems=problems, parsed=parsed, status_patch=patch)

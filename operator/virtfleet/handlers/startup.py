@@ -7,6 +7,8 @@ from typing import Any
 
 import kopf
 
+from virtfleet.kube.client import Kube
+from virtfleet.kube.runtime import Runtime
 from virtfleet.settings import Settings
 
 
@@ -25,6 +27,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    memo["runtime"] = Runtime(await Kube.connect(field_manager=config.field_manager, pool_size=64), config)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Close the API client's connections."""
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.kube.close()
 
 
 @kopf.on.login()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from virtfleet import GROUP, VERSION
 from virtfleet.api import reasons
-from virtfleet.core.templates import evaluate_template
+from virtfleet.kube.runtime import Runtime
+from virtfleet.kube.templates import collect_unused_revisions, reconcile_template
 
 PLURAL = "vmtemplates"
 
@@ -17,18 +17,40 @@ PLURAL = "vmtemplates"
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-async def validate_vmtemplate(
+async def reconcile_vmtemplate(
     spec: kopf.Spec,
     status: kopf.Status,
     meta: kopf.Meta,
     body: kopf.Body,
     patch: kopf.Patch,
-    **_: Any,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
-    """Validate the template and report the verdict in status.conditions (Ready, Stalled)."""
-    verdict = evaluate_template(dict(spec), dict(status), meta.get("generation"), datetime.now(UTC))
-    if not verdict.status_patch:
-        return
-    patch.status.update(verdict.status_patch)
-    if not verdict.valid and "conditions" in verdict.status_patch:
-        kopf.warn(body, reason=reasons.INVALID_SPEC, message=verdict.message)
+    """Validate; store the spec as an immutable revision; report both in status; drop unused revisions."""
+    runtime: Runtime = memo["runtime"]
+    namespace = namespace or ""
+    revisions, pools_by_template, pool_members = (
+        kwargs["revisions"],
+        kwargs["pools_by_template"],
+        kwargs["pool_members"],
+    )
+    verdict = await reconcile_template(
+        runtime,
+        namespace,
+        name,
+        str(meta.get("uid", "")),
+        meta.get("generation"),
+        dict(spec),
+        dict(status),
+        revisions.get((namespace, name), ()),
+    )
+    if verdict.status_patch:
+        patch.status.update(verdict.status_patch)
+        if not verdict.valid and "conditions" in verdict.status_patch:
+            kopf.warn(body, reason=reasons.INVALID_SPEC, message=verdict.message)
+    current = verdict.status_patch.get("currentRevision", status.get("currentRevision"))
+    await collect_unused_revisions(
+        runtime, namespace, name, revisions, pools_by_template, pool_members, current
+    )

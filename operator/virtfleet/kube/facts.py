@@ -1,0 +1,82 @@
+"""Compact facts the operator keeps in kopf indexes: small frozen records, never whole objects, so
+thousands of VMs cost kilobytes, not megabytes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from virtfleet.core.kubevirt import LauncherRequests, SpecError, launcher_requests
+from virtfleet.core.pools import Member
+from virtfleet.core.render import ORDINAL_LABEL, POOL_HASH_ANNOTATION, REVISION_LABEL
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_time(text: str | None) -> datetime:
+    if not text:
+        return EPOCH
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def member_of(body: Mapping[str, Any]) -> Member | None:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        ordinal = int(labels.get(ORDINAL_LABEL, "-1"))
+    except ValueError:
+        return None
+    if ordinal < 0:
+        return None
+    status = body.get("status") or {}
+    return Member(
+        name=str(meta.get("name", "")),
+        ordinal=ordinal,
+        revision=str(labels.get(REVISION_LABEL, "")),
+        pool_hash=str((meta.get("annotations") or {}).get(POOL_HASH_ANNOTATION, "")),
+        ready=bool(status.get("ready")),
+        created=parse_time(meta.get("creationTimestamp")),
+        uid=str(meta.get("uid", "")),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A VMI's footprint: where it runs (None: not yet) and what it requests."""
+
+    key: str
+    node: str | None
+    requests: LauncherRequests
+
+
+def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | None:
+    status = body.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    meta = body.get("metadata") or {}
+    try:
+        requests = launcher_requests(body.get("spec") or {}, cpu_allocation_ratio)
+    except SpecError:
+        return None
+    return Placed(f"{meta.get('namespace')}/{meta.get('name')}", status.get("nodeName") or None, requests)
+
+
+@dataclass(frozen=True)
+class TemplateFacts:
+    name: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    current_revision: str | None
+
+
+@dataclass(frozen=True)
+class RevisionFacts:
+    name: str
+    template: str
+    digest: str
+    number: int
+    spec: Mapping[str, Any]

@@ -1,0 +1,76 @@
+"""The operator's shared runtime: one API client, wake-up triggers, and in-flight expectations."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from virtfleet.kube.client import Kube
+from virtfleet.settings import Settings
+
+PoolKey = tuple[str, str]  # (namespace, pool name)
+EXPECTATION_TTL = 60.0  # seconds after which an unobserved create/delete is assumed lost
+
+
+@dataclass
+class Expectations:
+    """Creates and deletes in flight, as KubeVirt's pool controller keeps them: until the watch shows
+    their effect, a reconcile counts them as done, so a stale cache never makes a VM twice or deletes one
+    twice. Names are stable ordinals, so even a restart (empty expectations) cannot duplicate: a second
+    create of the same name is refused by the API server."""
+
+    creates: dict[str, float] = field(default_factory=dict)
+    deletes: dict[str, float] = field(default_factory=dict)
+
+    def expire(self, now: float) -> None:
+        for table in (self.creates, self.deletes):
+            for name in [n for n, at in table.items() if now - at > EXPECTATION_TTL]:
+                del table[name]
+
+    def observe(self, present: set[str]) -> None:
+        for name in [n for n in self.creates if n in present]:
+            del self.creates[name]
+        for name in [n for n in self.deletes if n not in present]:
+            del self.deletes[name]
+
+
+@dataclass
+class Runtime:
+    kube: Kube
+    settings: Settings
+    triggers: dict[PoolKey, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    expectations: dict[PoolKey, Expectations] = field(default_factory=lambda: defaultdict(Expectations))
+    waiting_for_capacity: set[PoolKey] = field(default_factory=set)
+    # (namespace, template) -> pools using it, kept by the pools' own reconciles.
+    pools_of_template: dict[PoolKey, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    def wake(self, key: PoolKey) -> None:
+        self.triggers[key].set()
+
+    def wake_capacity_waiters(self) -> None:
+        for key in list(self.waiting_for_capacity):
+            self.wake(key)
+
+    def wake_template(self, template: PoolKey) -> None:
+        for pool in list(self.pools_of_template.get(template, ())):
+            self.wake((template[0], pool))
+
+    def use_template(self, pool: PoolKey, template: str) -> None:
+        for (namespace, name), users in self.pools_of_template.items():
+            if namespace == pool[0] and name != template:
+                users.discard(pool[1])
+        self.pools_of_template[(pool[0], template)].add(pool[1])
+
+    def forget(self, key: PoolKey) -> None:
+        self.triggers.pop(key, None)
+        self.expectations.pop(key, None)
+        self.waiting_for_capacity.discard(key)
+        for (namespace, _), users in self.pools_of_template.items():
+            if namespace == key[0]:
+                users.discard(key[1])
+
+    @staticmethod
+    def clock() -> float:
+        return time.monotonic()
