@@ -49,6 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         standalone=True if args.standalone else None,
         peering_name=args.peering,
         liveness_endpoint=args.liveness,
+        verbose=True if args.verbose else None,
     )
     kopf.configure(verbose=args.verbose, debug=False)
     print(

@@ -38,6 +38,7 @@ class Settings:
     # KubeVirt's cluster-wide cpuAllocationRatio: what a VMI without CPU requests asks per vCPU.
     kubevirt_cpu_allocation_ratio: float = 10.0
     field_manager: str = "virtfleet"
+    verbose: bool = False
     annotations_prefix: str = "virtfleet.io"
 
     @property
@@ -52,6 +53,7 @@ class Settings:
         values: dict[str, object] = {
             "namespaces": namespaces,
             "standalone": env.get("VIRTFLEET_STANDALONE", "").lower() in ("1", "true", "yes"),
+            "verbose": env.get("VIRTFLEET_VERBOSE", "").lower() in ("1", "true", "yes"),
             "peering_name": env.get("VIRTFLEET_PEERING_NAME", cls.peering_name),
             "liveness_endpoint": env.get("VIRTFLEET_LIVENESS_ENDPOINT", cls.liveness_endpoint),
             "default_cpu_ratio": _float(env, "VIRTFLEET_DEFAULT_CPU_RATIO", cls.default_cpu_ratio, 1.0),

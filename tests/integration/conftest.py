@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from kopf.testing import KopfRunner
 
 from virtfleet.kube.client import Kube
 from virtfleet.localcluster import LocalCluster
@@ -33,3 +34,24 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def twin(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[None]:
+    """The simulated KubeVirt, as its own process, with the test module's FLEET."""
+    from twin_helpers import running_twin
+
+    with running_twin(cluster, request.module.FLEET, tmp_path_factory.mktemp("twin")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster) -> Iterator[KopfRunner]:
+    """The operator, in-process, watching all namespaces."""
+    args = ["run", "--standalone", "--all-namespaces", "-m", "virtfleet.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twin_helpers import apply, get_json, migration, printable, running_twin, vm, wait_for
+from twin_helpers import apply, get_json, migration, printable, vm, wait_for
 
 from virtfleet.core import precopy
 from virtfleet.core.kubevirt import memory_overhead
@@ -40,12 +39,6 @@ FLEET: dict[str, Any] = {
     ],
 }  # fmt: skip
 NOT_EXACT = {"nodeSelector": {"kubevirt.io/schedulable": "true"}}
-
-
-@pytest.fixture(scope="module")
-def twin(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with running_twin(cluster, FLEET, tmp_path_factory.mktemp("twin")):
-        yield
 
 
 def _vmi(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:

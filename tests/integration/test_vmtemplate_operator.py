@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((REPO / "examples/01-template/vmtemplate.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: LocalCluster) -> Iterator[KopfRunner]:
-    args = ["run", "--standalone", "--all-namespaces", "--verbose", "-m", "virtfleet.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
-        yield runner
-    assert runner.exit_code == 0, runner.output
-    assert runner.exception is None
 
 
 def _template(namespace: str, name: str, mutate: Callable[[dict[str, Any]], None] | None = None) -> str:

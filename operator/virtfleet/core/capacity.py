@@ -40,6 +40,7 @@ class NodeFacts:
     ready: bool = True
     schedulable: bool = True
     cells: tuple[Cell, ...] = ()
+    tainted: bool = False  # a NoSchedule/NoExecute taint: pool VMs carry no tolerations
 
     @property
     def cores(self) -> int:
@@ -81,6 +82,10 @@ class NodeFacts:
             ready=ready,
             schedulable=not (node.get("spec") or {}).get("unschedulable"),
             cells=cells,
+            tainted=any(
+                t.get("effect") in ("NoSchedule", "NoExecute")
+                for t in (node.get("spec") or {}).get("taints") or []
+            ),
         )
 
 
@@ -174,7 +179,7 @@ class Capacity:
     def eligible(self, node_selector: Mapping[str, str], dedicated: bool) -> list[NodeFacts]:
         nodes = []
         for node in self.nodes.values():
-            if not (node.ready and node.schedulable):
+            if not (node.ready and node.schedulable) or node.tainted:
                 continue
             if any(node.labels.get(k) != v for k, v in node_selector.items()):
                 continue

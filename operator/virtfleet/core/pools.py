@@ -139,16 +139,18 @@ def plan(facts: PoolFacts) -> PoolPlan:
     elif len(alive) < replicas:
         result.create = free_ordinals(facts.members, replicas - len(alive))
     ready = sum(m.ready for m in alive)
-    budget = ready - (replicas - unavailable)
-    excess = len(alive) - replicas  # outdated VMs beyond replicas can go regardless of readiness
+    budget = ready - (replicas - unavailable)  # ready VMs that may be taken down now
+    excess = len(alive) - (replicas + surge)  # beyond the surge allowance (replicas was lowered)
     for member in scale_in_order(restart, facts):
-        if not member.ready and (result.halted is None or excess > 0):
+        if excess > 0:
             result.delete.append(member)
             excess -= 1
-        elif member.ready and result.halted is None and (budget > 0 or excess > 0):
+            budget -= member.ready
+        elif not member.ready and result.halted is None:
+            result.delete.append(member)  # it serves nobody: replace it
+        elif member.ready and result.halted is None and budget > 0:
             result.delete.append(member)
             budget -= 1
-            excess -= 1
     return result
 
 

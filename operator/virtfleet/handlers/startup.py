@@ -25,6 +25,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = f"{prefix}/finalizer"
     # Events are for people: only the ones handlers post on purpose, and warnings.
     settings.posting.level = logging.WARNING
+    # Thousands of VMs mean thousands of index and wake-up calls: log only what goes wrong.
+    if not config.verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     memo["runtime"] = Runtime(await Kube.connect(field_manager=config.field_manager, pool_size=64), config)

@@ -195,7 +195,7 @@ class Kube:
             "PATCH",
             ref.path(namespace, name, subresource),
             query=query,
-            body=json.dumps(dict(body)),
+            body=dict(body),  # JSON is YAML; the client serialises it
             content_type=APPLY_PATCH,
         )
 
