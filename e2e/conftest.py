@@ -20,17 +20,48 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def operator_process(test_cluster: SessionCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`virtfleet run` as users start it; yields its health URL. VIRTFLEET_E2E_OPERATOR=external skips it."""
+def kubevirt(test_cluster: SessionCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """KubeVirt's runtime: on the local control plane, the twin (simulated KubeVirt) with the small
+    example fleet; on a real cluster, whatever KubeVirt is installed there."""
+    if test_cluster.local is None:
+        yield
+        return
+    log = tmp_path_factory.mktemp("twin") / "twin.log"
+    fleet = REPO / "examples" / "twin" / "fleet-small.yaml"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "virtfleet", "twin", "run", "--fleet", str(fleet)],
+            env={**os.environ, "KUBECONFIG": str(test_cluster.kubeconfig)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.fixture(scope="session")
+def operator_process(
+    test_cluster: SessionCluster, kubevirt: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`virtfleet run` as users start it; yields its metrics URL. VIRTFLEET_E2E_OPERATOR=external skips it."""
     if os.environ.get("VIRTFLEET_E2E_OPERATOR") == "external":
         yield ""
         return
     health = f"http://127.0.0.1:{free_port()}/healthz"
+    metrics_port = free_port()
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "virtfleet", "run", "--standalone", "--liveness", health],
-            env={**os.environ, "KUBECONFIG": str(test_cluster.kubeconfig)},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(test_cluster.kubeconfig),
+                "VIRTFLEET_METRICS_PORT": str(metrics_port),
+            },
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -46,7 +77,7 @@ def operator_process(test_cluster: SessionCluster, tmp_path_factory: pytest.Temp
                     pass
                 assert time.monotonic() < deadline, f"operator never became healthy:\n{log.read_text()}"
                 time.sleep(0.2)
-            yield health
+            yield f"http://127.0.0.1:{metrics_port}/metrics"
         finally:
             process.terminate()
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -51,7 +52,15 @@ def twin(
 def operator(cluster: LocalCluster) -> Iterator[KopfRunner]:
     """The operator, in-process, watching all namespaces."""
     args = ["run", "--standalone", "--all-namespaces", "-m", "virtfleet.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
-        yield runner
+    previous = os.environ.get("VIRTFLEET_METRICS_PORT")
+    os.environ["VIRTFLEET_METRICS_PORT"] = "0"  # e2e scrapes the real process's metrics instead
+    try:
+        with KopfRunner(args, timeout=60) as runner:
+            yield runner
+    finally:
+        if previous is None:
+            os.environ.pop("VIRTFLEET_METRICS_PORT", None)
+        else:
+            os.environ["VIRTFLEET_METRICS_PORT"] = previous
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output

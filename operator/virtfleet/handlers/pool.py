@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import kopf
 
-from virtfleet import GROUP, VERSION
+from virtfleet import GROUP, VERSION, metrics
 from virtfleet.kube.pools import PoolInputs, reconcile_pool
 from virtfleet.kube.runtime import Runtime
 from virtfleet.kube.templates import collect_unused_revisions
@@ -67,12 +68,17 @@ async def pool_worker(
                     placements=list(placements.get(None, ())),
                     nodes=list(nodes.get(None, ())),
                 )
+                started = time.monotonic()
                 try:
                     outcome = await reconcile_pool(runtime, inputs)
                 except Exception as error:  # a failed write: try again shortly, without a storm
+                    metrics.RECONCILES.labels("VirtualMachinePool", "error").inc()
                     logger.warning(f"reconcile failed, retrying in 5s: {error}")
                     wake_in = 5.0
                 else:
+                    metrics.RECONCILES.labels("VirtualMachinePool", "ok").inc()
+                    metrics.RECONCILE_SECONDS.labels("VirtualMachinePool").observe(time.monotonic() - started)
+                    metrics.record_pool(namespace, name, outcome.status, int(inputs.spec.get("replicas", 0)))
                     for kind, reason, message in outcome.events:
                         kopf.event(body, type=kind, reason=reason, message=message)
                     wake_in = outcome.wake_in
@@ -92,3 +98,4 @@ async def pool_worker(
                 trigger.set()
     finally:
         runtime.forget(key)
+        metrics.forget_pool(namespace, name)

@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from virtfleet import metrics
 from virtfleet.kube.client import Kube
 from virtfleet.kube.runtime import Runtime
 from virtfleet.settings import Settings
@@ -30,6 +31,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    metrics.serve(config.metrics_port)
     memo["runtime"] = Runtime(await Kube.connect(field_manager=config.field_manager, pool_size=64), config)
 
 

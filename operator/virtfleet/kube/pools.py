@@ -51,6 +51,7 @@ class Outcome:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     wake_in: float | None = None
     rollout_done_template: str | None = None
+    status: dict[str, Any] = field(default_factory=dict)  # the pool's status as just computed
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,7 @@ async def _write_status(
     status["conditions"] = conditions.merge(
         inputs.status.get("conditions"), wanted, inputs.generation, facts.now
     )
+    outcome.status = status
     current = dict(inputs.status)
     patch = {k: v for k, v in status.items() if current.get(k) != v}
     if not patch:

@@ -1,0 +1,154 @@
+"""Capacity accounting and its properties: ratios hold on every node whatever the scale operations."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from virtfleet.api.pool import VirtualMachinePoolSpec
+from virtfleet.api.vmtemplate import VMTemplateSpec
+from virtfleet.core.capacity import (
+    Capacity,
+    NodeFacts,
+    VMLoad,
+    effective_cpu_ratio,
+    effective_memory_ratio,
+    plan_capacity,
+)
+from virtfleet.core.kubevirt import launcher_requests
+from virtfleet.core.quantity import parse_bytes, parse_millicores
+from virtfleet.core.render import PoolContext, render_vm
+
+GIB = 2**30
+
+
+def node(name: str, cores: int, memory_gib: int, **labels: str) -> NodeFacts:
+    return NodeFacts(name, labels, cores * 1000, memory_gib * GIB)
+
+
+def vm_requests(cores: int, memory: str, cpu_ratio: float, memory_ratio: float, policy: str = "shared"):  # type: ignore[no-untyped-def]
+    template = VMTemplateSpec.model_validate(
+        {"cpu": {"cores": cores, "policy": policy}, "memory": {"guest": memory},
+         "disks": [{"name": "root", "source": {"containerImage": "x"}}]}
+    )  # fmt: skip
+    pool = VirtualMachinePoolSpec.model_validate({"templateRef": {"name": "t"}})
+    vm = render_vm(
+        PoolContext("p", "ns", "uid", pool, cpu_ratio, memory_ratio), "t", "0123456789", template, 0
+    )
+    return vm, launcher_requests(vm["spec"]["template"]["spec"])
+
+
+def test_node_facts_from_a_twin_node() -> None:
+    body = {
+        "metadata": {"name": "n", "labels": {"kubevirt.io/cpumanager": "true"},
+                     "annotations": {"virtfleet.io/numa-topology": json.dumps(
+                         {"cells": [{"id": 0, "cpus": "0-3,8", "memory": "8Gi", "hugepages1Gi": "4Gi"}]})}},
+        "spec": {"taints": [{"key": "x", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "7500m", "memory": "30Gi", "hugepages-1Gi": "4Gi"},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    }  # fmt: skip
+    facts = NodeFacts.from_node(body)
+    assert facts.cores == 7 and facts.cpumanager and facts.ready and facts.tainted
+    assert facts.cells[0].cpus == 5 and facts.cells[0].hugepages_1gi == 4 * GIB
+
+
+def test_four_to_one_fits_four_times_the_vcpus() -> None:
+    _, requests = vm_requests(4, "4Gi", cpu_ratio=4, memory_ratio=1)
+    result = plan_capacity([node("a", 16, 1024)], [], unplaced=0, wanted=100, per_vm=requests,
+                           node_selector={}, cpu_ratio=4, memory_ratio=1)  # fmt: skip
+    assert result.creatable == 16  # 64 vCPUs on 16 cores
+    assert "84 of 100 new VMs do not fit" in result.message
+
+
+def test_unplaced_vms_count_before_new_ones() -> None:
+    _, requests = vm_requests(2, "2Gi", 1, 1)
+    result = plan_capacity([node("a", 8, 64)], [], unplaced=3, wanted=2, per_vm=requests,
+                           node_selector={}, cpu_ratio=1, memory_ratio=1)  # fmt: skip
+    assert result.creatable == 1
+
+
+def test_dedicated_vms_need_cpumanager_nodes() -> None:
+    _, requests = vm_requests(2, "2Gi", 1, 1, policy="dedicated")
+    plain = plan_capacity([node("a", 8, 64)], [], 0, 1, requests, {"kubevirt.io/cpumanager": "true"}, 1, 1)
+    pinned = plan_capacity([node("b", 8, 64, **{"kubevirt.io/cpumanager": "true"})], [], 0, 10, requests,
+                           {"kubevirt.io/cpumanager": "true"}, 1, 1)  # fmt: skip
+    assert plain.creatable == 0 and plain.eligible_nodes == 0
+    assert pinned.creatable == 4
+
+
+ratios = st.sampled_from([1.0, 1.5, 2.0, 4.0, 8.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(2, 64), st.integers(8, 512)), min_size=1, max_size=5),
+    st.lists(
+        st.tuples(st.integers(1, 8), st.sampled_from(["1Gi", "2Gi", "4Gi", "8Gi"])), min_size=1, max_size=3
+    ),
+    ratios,
+    ratios,
+    st.lists(st.integers(0, 40), min_size=1, max_size=6),
+)
+def test_effective_ratios_never_exceed_the_configured_ones(
+    node_shapes: list[tuple[int, int]],
+    vm_shapes: list[tuple[int, str]],
+    cpu_ratio: float,
+    memory_ratio: float,
+    replica_steps: list[int],
+) -> None:
+    """Any sequence of scale operations of pools sharing one set of ratios keeps every node within them."""
+    nodes = [node(f"n{i}", cores, mem) for i, (cores, mem) in enumerate(node_shapes)]
+    placed: list[VMLoad] = []
+    per_shape = [vm_requests(c, m, cpu_ratio, memory_ratio)[1] for c, m in vm_shapes]
+    counts = [0] * len(per_shape)
+    for step, wanted in enumerate(replica_steps):
+        index = step % len(per_shape)
+        requests = per_shape[index]
+        if wanted < counts[index]:  # scale in: drop the newest of this shape
+            for _ in range(counts[index] - wanted):
+                victim = max(i for i, load in enumerate(placed) if load.requests == requests)
+                placed.pop(victim)
+            counts[index] = wanted
+            continue
+        result = plan_capacity(
+            nodes, placed, 0, wanted - counts[index], requests, {}, cpu_ratio, memory_ratio
+        )
+        capacity = Capacity(nodes, placed)
+        before = len(placed)
+        capacity.place([VMLoad(requests)] * result.creatable, nodes, cpu_ratio, memory_ratio)
+        for name, usage in capacity.usage.items():
+            facts = capacity.nodes[name]
+            assert effective_cpu_ratio(facts, usage) <= cpu_ratio + 1e-9
+            assert effective_memory_ratio(facts, usage) <= memory_ratio + 1e-9
+            assert usage.cpu_millis <= facts.cpu_millis and usage.memory <= facts.memory
+        # Record where the new VMs went, as the scheduler would place them.
+        shadow = Capacity(nodes, placed)
+        for _ in range(result.creatable):
+            for facts in sorted(
+                nodes, key=lambda n: (-(n.memory - shadow.usage[n.name].memory) / n.memory, n.name)
+            ):
+                if shadow.fits(facts, VMLoad(requests), cpu_ratio, memory_ratio) is not None:
+                    load = VMLoad(requests, facts.name)
+                    shadow.usage[facts.name].add(load)
+                    placed.append(load)
+                    break
+        counts[index] += len(placed) - before
+
+
+@given(st.integers(1, 32), st.sampled_from(["512Mi", "1Gi", "3Gi", "16Gi"]), ratios, ratios,
+       st.sampled_from(["shared", "dedicated"]))  # fmt: skip
+def test_requests_never_exceed_limits(
+    cores: int, memory: str, cpu_ratio: float, memory_ratio: float, policy: str
+) -> None:
+    if policy == "dedicated":
+        cpu_ratio = 1.0
+    vm, _ = vm_requests(cores, memory, cpu_ratio, memory_ratio, policy)
+    resources = vm["spec"]["template"]["spec"]["domain"]["resources"]
+    requests, limits = resources["requests"], resources.get("limits", {})
+    assert parse_millicores(requests["cpu"]) <= parse_millicores(limits["cpu"])
+    assert parse_millicores(limits["cpu"]) == cores * 1000
+    if "memory" in limits:
+        assert parse_bytes(requests["memory"]) <= parse_bytes(limits["memory"])
+    assert parse_bytes(requests["memory"]) <= parse_bytes(memory)
