@@ -1,13 +1,18 @@
-"""`make demo`: a local control plane, the operator and examples/, left running for you to explore.
+"""`make demo`: a local control plane, the simulated KubeVirt twin, the operator and examples/, left
+running for you to explore.
 
-up:   start everything in the background (state in .demo/), apply examples/, print a summary.
+up:   start everything in the background (state in .demo/), apply examples/, show VMs coming up,
+      print a summary (pools, VMs per node, effective ratios, metrics).
 down: stop what `up` started.
+
+On a real cluster there is nothing to simulate: apply crds/ and run `virtfleet run` (see README.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".demo"
@@ -61,6 +67,7 @@ def up() -> None:
     if (STATE / "localcluster.pid").exists() and _alive(int((STATE / "localcluster.pid").read_text())):
         sys.exit("a demo is already running: `make demo-stop` first")
     STATE.mkdir(exist_ok=True)
+    shutil.rmtree(STATE / "cluster", ignore_errors=True)  # every demo starts from an empty cluster
     ready_file = STATE / "kubeconfig-path"
     ready_file.unlink(missing_ok=True)
     _say("starting the local control plane (etcd, kube-apiserver, kube-controller-manager)")
@@ -79,12 +86,20 @@ def up() -> None:
             [kubectl, f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True, check=True
         ).stdout
 
+    _say("starting the twin: SIMULATED KubeVirt (virt-controller, virt-handler, scheduler), not a hypervisor")
+    fleet = REPO / "examples" / "twin" / "fleet-small.yaml"
+    _spawn(
+        "twin",
+        [PYTHON, "-m", "virtfleet", "twin", "run", "--fleet", str(fleet)],
+        env={"KUBECONFIG": kubeconfig},
+    )
     _say("starting the operator: virtfleet run --standalone")
     health = "http://127.0.0.1:18080/healthz"
+    metrics = "http://127.0.0.1:18090/metrics"
     operator_pid = _spawn(
         "operator",
         [PYTHON, "-m", "virtfleet", "run", "--standalone", "--liveness", health],
-        env={"KUBECONFIG": kubeconfig},
+        env={"KUBECONFIG": kubeconfig, "VIRTFLEET_METRICS_PORT": "18090"},
     )
 
     def healthy() -> bool:
@@ -95,43 +110,74 @@ def up() -> None:
             return False
 
     _wait("the operator", healthy, operator_pid, "operator.log")
-    examples = sorted(p for p in (REPO / "examples").iterdir() if p.is_dir())
+    examples = sorted(p for p in (REPO / "examples").iterdir() if p.is_dir() and p.name[:2].isdigit())
     for folder in examples:
         _say(f"applying examples/{folder.name}")
         print(run_kubectl("apply", "--server-side", "-f", str(folder)), end="")
 
-    _say("waiting for the operator to report on every object")
-    deadline = time.monotonic() + 60
+    _say("waiting for every pool to be Ready (VMs come up in the twin)")
+    deadline = time.monotonic() + 180
+    last = ""
     while time.monotonic() < deadline:
-        items = json.loads(run_kubectl("get", "virtfleet", "-A", "-o", "json"))["items"]
-        pending = [
-            i for i in items if i.get("status", {}).get("observedGeneration") != i["metadata"]["generation"]
+        pools = json.loads(run_kubectl("get", "virtualmachinepools.virtfleet.io", "-A", "-o", "json"))[
+            "items"
         ]
-        if not pending:
+        line = "  " + ", ".join(
+            f"{p['metadata']['name']}: {p.get('status', {}).get('readyReplicas', 0)}/{p['spec']['replicas']} ready"
+            for p in pools
+        )
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if pools and all(_ready(p) for p in pools):
             break
         time.sleep(0.5)
-    print(run_kubectl("get", "virtfleet", "-A", "-o", "wide"))
-    for item in json.loads(run_kubectl("get", "virtfleet", "-A", "-o", "json"))["items"]:
-        for condition in item.get("status", {}).get("conditions", []):
-            print(
-                f"  {item['kind']}/{item['metadata']['name']}: {condition['type']}={condition['status']}"
-                f" ({condition['reason']}) {condition['message']}"
-            )
+    print()
+    print(run_kubectl("get", "virtfleet", "-A"))
+    _summary(json.loads(run_kubectl("get", "virtualmachinepools.virtfleet.io", "-A", "-o", "json"))["items"],
+             json.loads(run_kubectl("get", "vmi", "-A", "-o", "json"))["items"])  # fmt: skip
     print(
         f"""
 The demo is running. Explore it:
   export KUBECONFIG={kubeconfig}
   {kubectl} get virtfleet -A
   {kubectl} explain virtualmachinepools.virtfleet.io.spec
-Operator health: {health}; logs in {STATE}/operator.log and {STATE}/cluster/logs/.
+Operator health: {health}; metrics: {metrics}
+Logs: {STATE}/operator.log, {STATE}/twin.log (simulated KubeVirt), {STATE}/cluster/logs/.
 Stop everything with: make demo-stop
 """
     )
 
 
+def _ready(pool: dict[str, object]) -> bool:
+    status = pool.get("status") or {}
+    assert isinstance(status, dict)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+
+
+def _summary(pools: list[dict[str, Any]], vmis: list[dict[str, Any]]) -> None:
+    print("Pools:")
+    for pool in pools:
+        status = pool.get("status", {})
+        over = status.get("oversubscription", {})
+        print(
+            f"  {pool['metadata']['name']:<10} {status.get('readyReplicas', 0)}/{pool['spec']['replicas']} ready, "
+            f"revision {status.get('currentRevision')}, cpuRatio {status.get('cpuRatio')} "
+            f"(effective {over.get('effectiveCpuRatio')} on {over.get('eligibleNodes')} nodes), "
+            f"memoryRatio {status.get('memoryRatio')} (effective {over.get('effectiveMemoryRatio')})"
+        )
+    per_node: dict[str, list[str]] = {}
+    for vmi in vmis:
+        node = vmi.get("status", {}).get("nodeName", "(pending)")
+        per_node.setdefault(node, []).append(vmi["metadata"]["name"])
+    print("VMs per node (placed by the twin's simulated scheduler):")
+    for node in sorted(per_node):
+        print(f"  {node:<10} {len(per_node[node])}: {', '.join(sorted(per_node[node]))}")
+
+
 def down() -> None:
     stopped = []
-    for name in ("operator", "localcluster"):
+    for name in ("operator", "twin", "localcluster"):
         pid_file = STATE / f"{name}.pid"
         if not pid_file.exists():
             continue
