@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 WITH_CONTROLPLANE = bin_dir=$$(bash hack/controlplane/build.sh) && VIRTFLEET_BIN_DIR=$$bin_dir
 PYTEST_FLAGS ?=
 
-.PHONY: help venv controlplane crds lint format typecheck contracts test-unit test-integration e2e test demo demo-stop clean
+.PHONY: help venv controlplane crds lint format typecheck contracts test-unit test-integration e2e test demo demo-stop bench bench-twin bench-pools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ test-unit: venv ## pure unit tests
 	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
 
 test-integration: venv ## tests against the real local control plane
-	$(WITH_CONTROLPLANE) $(BIN)/pytest tests/integration e2e $(PYTEST_FLAGS)
+	$(WITH_CONTROLPLANE) $(BIN)/pytest tests/integration $(PYTEST_FLAGS)
 
 test: venv ## everything: lint, types, contracts, stale CRDs, unit, integration, e2e
 	$(BIN)/ruff check .
@@ -60,6 +60,17 @@ demo: venv ## start a local control plane + operator, apply examples/, show the 
 
 demo-stop: venv ## stop everything `make demo` started
 	$(BIN)/python hack/demo.py down
+
+bench: bench-twin bench-pools ## run every benchmark; figures go to bench/results/
+
+bench-twin: venv ## simulated KubeVirt: 5,000 VMs on 100 nodes to Running
+	$(WITH_CONTROLPLANE) $(BIN)/python bench/twin.py
+
+bench-pools: venv ## operator vs raw client, 0 -> 1,000 VMs; idle writes with 1,000 VMs managed
+	$(WITH_CONTROLPLANE) $(BIN)/python bench/pool_scale.py
+
+e2e: venv ## the end-to-end suite alone (KUBECONFIG + VIRTFLEET_USE_EXISTING_CLUSTER=1 for a real cluster)
+	$(WITH_CONTROLPLANE) $(BIN)/pytest e2e $(PYTEST_FLAGS)
 
 clean: ## remove the virtualenv and demo state (the control plane cache stays)
 	-$(BIN)/python hack/demo.py down 2>/dev/null

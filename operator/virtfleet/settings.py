@@ -32,7 +32,7 @@ class Settings:
     standalone: bool = False  # false: kopf peering, so only one replica acts at a time
     peering_name: str = "virtfleet"
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
-    metrics_port: int = 9090
+    metrics_port: int = 9090  # 0: no metrics endpoint
     default_cpu_ratio: float = 1.0
     default_memory_ratio: float = 1.0
     # KubeVirt's cluster-wide cpuAllocationRatio: what a VMI without CPU requests asks per vCPU.
@@ -66,8 +66,8 @@ class Settings:
         }
         port = env.get("VIRTFLEET_METRICS_PORT")
         if port:
-            if not port.isdigit() or not 0 < int(port) < 65536:
-                raise SettingsError(f"VIRTFLEET_METRICS_PORT={port!r} is not a TCP port")
+            if not port.isdigit() or not 0 <= int(port) < 65536:
+                raise SettingsError(f"VIRTFLEET_METRICS_PORT={port!r} is not a TCP port (0 disables metrics)")
             values["metrics_port"] = int(port)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
