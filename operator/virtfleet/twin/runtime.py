@@ -740,12 +740,16 @@ class Twin:
             assert pod is not None
             run.target = decision.node
             self.state.place(Placement(pod, decision.node, decision.cpuset, decision.cell))
-            for phase in SETUP_PHASES:
-                await self.clock.sleep(inputs.setup_s / (len(SETUP_PHASES) + 1))
+            # Follow the planned timeline from the moment scheduling succeeded, so time spent writing
+            # does not stretch the set-up beyond the model.
+            setup_started = self.clock.seconds()
+            step = inputs.setup_s / (len(SETUP_PHASES) + 1)
+            for index, phase in enumerate(SETUP_PHASES, start=1):
+                await self.clock.sleep(setup_started + index * step - self.clock.seconds())
                 if fail_at == phase:
                     raise InjectedFailureError(phase)
                 await self._set_migration_phase(key, phase)
-            await self.clock.sleep(inputs.setup_s / (len(SETUP_PHASES) + 1))
+            await self.clock.sleep(setup_started + inputs.setup_s - self.clock.seconds())
             estimate = precopy.estimate(precopy.MigrationInputs(**{**inputs.__dict__, "setup_s": 0.0}))
             migration_state = {
                 "sourceNode": run.source,
