@@ -270,3 +270,36 @@ def test_deleting_a_pool_deletes_its_vms(cluster: LocalCluster, namespace: str) 
     cluster.kubectl("-n", namespace, "delete", "vfpool", "pool")
     wait_for(lambda: not vms(cluster, namespace), 60, "the garbage collector left VMs behind")
     wait_for(lambda: not get_json(cluster, "-n", namespace, "vmi")["items"], 60, "VMIs left behind")
+
+
+def test_a_pinned_revision_holds_while_the_template_moves_on(cluster: LocalCluster, namespace: str) -> None:
+    apply(cluster, template(namespace))
+    first = wait_for(
+        lambda: (
+            get_json(cluster, "-n", namespace, "vmtemplate", "small").get("status", {}).get("currentRevision")
+        ),
+        30,
+        "template never got a revision",
+    )
+    apply(cluster, pool(namespace, replicas=2, templateRef={"name": "small", "revision": first}))
+    wait_for(lambda: settled(cluster, namespace, 2), 60, "pool never ready")
+    apply(cluster, template(namespace, cpu={"cores": 4}))
+    second = wait_for(
+        lambda: (
+            (r := get_json(cluster, "-n", namespace, "vmtemplate", "small")["status"].get("currentRevision"))
+            != first
+            and r
+        ),
+        30,
+        "template never moved on",
+    )
+    time.sleep(2)
+    status = pool_status(cluster, namespace)
+    assert status["updateRevision"] == first and status["currentRevision"] == first
+    assert {
+        v["metadata"]["labels"]["virtfleet.io/template-revision"] for v in vms(cluster, namespace).values()
+    } == {first}
+    listed = {
+        r["name"] for r in get_json(cluster, "-n", namespace, "vmtemplate", "small")["status"]["revisions"]
+    }
+    assert {first, second} <= listed  # the pinned revision is kept

@@ -152,3 +152,20 @@ def test_requests_never_exceed_limits(
     if "memory" in limits:
         assert parse_bytes(requests["memory"]) <= parse_bytes(limits["memory"])
     assert parse_bytes(requests["memory"]) <= parse_bytes(memory)
+
+
+def test_numa_passthrough_vms_must_fit_one_cell() -> None:
+    from virtfleet.core.capacity import Cell
+
+    template = VMTemplateSpec.model_validate(
+        {"cpu": {"cores": 3, "policy": "dedicated"}, "memory": {"guest": "5Gi", "hugepages": "1Gi"},
+         "numa": {"guestMappingPassthrough": True}, "disks": [{"name": "root", "source": {"containerImage": "x"}}]}
+    )  # fmt: skip
+    pool = VirtualMachinePoolSpec.model_validate({"templateRef": {"name": "t"}})
+    vm = render_vm(PoolContext("p", "ns", "uid", pool, 1, 1), "t", "0123456789", template, 0)
+    requests = launcher_requests(vm["spec"]["template"]["spec"])
+    two_cells = NodeFacts("n", {"kubevirt.io/cpumanager": "true"}, 8000, 64 * GIB, hugepages_1gi=16 * GIB,
+                          cells=(Cell(4, 8 * GIB), Cell(4, 8 * GIB)))  # fmt: skip
+    result = plan_capacity([two_cells], [], 0, 5, requests, {"kubevirt.io/cpumanager": "true"}, 1, 1)
+    # The node has 8 cores and 16Gi of hugepages for 2 VMs of 3 cores / 5Gi, but each cell fits only one.
+    assert result.creatable == 2

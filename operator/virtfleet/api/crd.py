@@ -96,7 +96,18 @@ KINDS: tuple[Kind, ...] = (
         columns=(
             PrinterColumn("Desired", "integer", ".spec.replicas", "Desired VMs"),
             PrinterColumn("Ready", "integer", ".status.readyReplicas", "Ready VMs"),
-            PrinterColumn("CPU Ratio", "number", ".spec.cpuRatio", "Configured CPU oversubscription"),
+            PrinterColumn("Pending", "integer", ".status.pendingReplicas", "VMs waiting for capacity"),
+            PrinterColumn("CPU Ratio", "number", ".status.cpuRatio", "CPU oversubscription in force"),
+            PrinterColumn(
+                "Eff. CPU",
+                "number",
+                ".status.oversubscription.effectiveCpuRatio",
+                "Effective CPU ratio of the pool's eligible nodes",
+                1,
+            ),  # fmt: skip
+            PrinterColumn(
+                "Revision", "string", ".status.currentRevision", "Template revision most VMs run", 1
+            ),
             PrinterColumn("Template", "string", ".spec.templateRef.name", "VMTemplate", 1),
             _AGE,
         ),

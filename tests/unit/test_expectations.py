@@ -1,0 +1,18 @@
+"""Expectations: in-flight creates and deletes count until the watch shows them, or they expire."""
+
+from __future__ import annotations
+
+from virtfleet.kube.runtime import EXPECTATION_TTL, Expectations
+
+
+def test_observed_writes_clear_and_lost_ones_expire() -> None:
+    expectations = Expectations()
+    expectations.creates.update({"p-0": 100.0, "p-1": 100.0})
+    expectations.deletes.update({"p-7": 100.0})
+    expectations.observe(present={"p-0", "p-7"})
+    assert set(expectations.creates) == {"p-1"}  # p-0 arrived
+    assert set(expectations.deletes) == {"p-7"}  # p-7 is still there
+    expectations.observe(present={"p-0"})
+    assert expectations.deletes == {}
+    expectations.expire(now=100.0 + EXPECTATION_TTL + 1)
+    assert expectations.creates == {}
