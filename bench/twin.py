@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from common import peak_rss_mib, write_results
 
 from virtfleet.kube.client import NAMESPACES, VIRTUAL_MACHINES, Kube
 from virtfleet.localcluster import LocalCluster
-from virtfleet.localcluster.testing import CRDS, KUBEVIRT_CRDS
+from virtfleet.localcluster.testing import CRDS, KUBEVIRT_CRDS, twin_process
 
 NAMESPACE = "bench-twin"
 
@@ -66,35 +65,31 @@ async def measure(cluster: LocalCluster, vms: int, nodes: int, workdir: Path) ->
     }
     fleet_file = workdir / "fleet.yaml"
     fleet_file.write_text(yaml.safe_dump(fleet))
-    twin = subprocess.Popen(
-        [sys.executable, "-m", "virtfleet", "twin", "run", "--fleet", str(fleet_file)],
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-        stdout=(workdir / "twin.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        kube = await Kube.connect(field_manager="bench", kubeconfig=str(cluster.kubeconfig), pool_size=64)
-        async with kube:
-            await kube.create(NAMESPACES, None, {"metadata": {"name": NAMESPACE}})
-            while len(cluster.kubectl("get", "nodes", "-o", "name").stdout.split()) < nodes:
-                await asyncio.sleep(0.5)
-            started = time.monotonic()
-            await _create_all(kube, vms, concurrency=32)
-            created = time.monotonic() - started
-            print(f"created {vms} VirtualMachines in {created:.1f}s", flush=True)
-            done = 0
-            while done < vms:
-                # Listing thousands of VMs costs the API server too: look rarely.
-                await asyncio.sleep(5.0)
-                done = await _running(kube)
-                print(f"  {done}/{vms} Running after {time.monotonic() - started:.0f}s", flush=True)
-                if twin.poll() is not None:
-                    raise RuntimeError(f"the twin exited: {(workdir / 'twin.log').read_text()[-2000:]}")
-            elapsed = time.monotonic() - started
-        rss = peak_rss_mib(twin.pid)
-    finally:
-        twin.terminate()
-        twin.wait()
+    with twin_process(cluster.kubeconfig, fleet_file, workdir / "twin.log") as twin:
+        return await _run(cluster, twin, vms, nodes, workdir)
+
+
+async def _run(
+    cluster: LocalCluster, twin: subprocess.Popen[bytes], vms: int, nodes: int, workdir: Path
+) -> dict[str, dict[str, object]]:
+    kube = await Kube.connect(field_manager="bench", kubeconfig=str(cluster.kubeconfig), pool_size=64)
+    async with kube:
+        await kube.create(NAMESPACES, None, {"metadata": {"name": NAMESPACE}})
+        while len(cluster.kubectl("get", "nodes", "-o", "name").stdout.split()) < nodes:
+            await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await _create_all(kube, vms, concurrency=32)
+        print(f"created {vms} VirtualMachines in {time.monotonic() - started:.1f}s", flush=True)
+        done = 0
+        while done < vms:
+            # Listing thousands of VMs costs the API server too: look rarely.
+            await asyncio.sleep(5.0)
+            done = await _running(kube)
+            print(f"  {done}/{vms} Running after {time.monotonic() - started:.0f}s", flush=True)
+            if twin.poll() is not None:
+                raise RuntimeError(f"the twin exited: {(workdir / 'twin.log').read_text()[-2000:]}")
+        elapsed = time.monotonic() - started
+    rss = peak_rss_mib(twin.pid)
     return {
         "twin_vms_to_running_seconds": {"value": round(elapsed, 1), "unit": "s", "target": "reported"},
         "twin_vms_per_second": {"value": round(vms / elapsed, 1), "unit": "VMs/s", "target": "reported"},

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from virtfleet.localcluster.cluster import free_port
-from virtfleet.localcluster.testing import SessionCluster
+from virtfleet.localcluster.testing import SessionCluster, twin_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,19 +28,8 @@ def kubevirt(test_cluster: SessionCluster, tmp_path_factory: pytest.TempPathFact
         return
     log = tmp_path_factory.mktemp("twin") / "twin.log"
     fleet = REPO / "examples" / "twin" / "fleet-small.yaml"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "virtfleet", "twin", "run", "--fleet", str(fleet)],
-            env={**os.environ, "KUBECONFIG": str(test_cluster.kubeconfig)},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
-    assert "Traceback" not in log.read_text()
+    with twin_process(test_cluster.kubeconfig, fleet, log):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +13,7 @@ from typing import Any, TypeVar
 import yaml
 
 from virtfleet.localcluster import LocalCluster
+from virtfleet.localcluster.testing import twin_process
 from virtfleet.twin.fleet import FLEET_LABEL
 
 T = TypeVar("T")
@@ -27,29 +26,18 @@ def running_twin(
     """`virtfleet twin run` with this fleet; its nodes are removed afterwards."""
     fleet_file = directory / "fleet.yaml"
     fleet_file.write_text(yaml.safe_dump(fleet))
-    log = directory / "twin.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "virtfleet", "twin", "run", "--fleet", str(fleet_file)],
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    with twin_process(cluster.kubeconfig, fleet_file, directory / "twin.log") as process:
+        expected = sum(g.get("count", 1) for g in fleet["nodes"])
+
+        def nodes_ready() -> bool:
+            assert process.poll() is None, f"the twin exited:\n{(directory / 'twin.log').read_text()}"
+            return len(ready_nodes(cluster)) >= expected
+
         try:
-            expected = sum(g.get("count", 1) for g in fleet["nodes"])
-
-            def nodes_ready() -> bool:
-                assert process.poll() is None, f"the twin exited:\n{log.read_text()}"
-                return len(ready_nodes(cluster)) >= expected
-
             wait_for(nodes_ready, 60, "the twin's nodes never became Ready")
             yield process
         finally:
-            process.terminate()
-            process.wait(timeout=20)
             cluster.kubectl("delete", "nodes", "-l", FLEET_LABEL, "--wait=false")
-    text = log.read_text()
-    assert "Traceback" not in text, text
 
 
 def ready_nodes(cluster: LocalCluster) -> list[str]:

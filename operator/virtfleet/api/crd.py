@@ -104,7 +104,7 @@ KINDS: tuple[Kind, ...] = (
                 ".status.oversubscription.effectiveCpuRatio",
                 "Effective CPU ratio of the pool's eligible nodes",
                 1,
-            ),  # fmt: skip
+            ),
             PrinterColumn(
                 "Revision", "string", ".status.currentRevision", "Template revision most VMs run", 1
             ),

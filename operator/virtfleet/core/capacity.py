@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtfleet.core.cpulist import parse_cpu_list
 from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests
 from virtfleet.core.quantity import QuantityError, parse_bytes, parse_millicores
 
@@ -64,7 +65,7 @@ class NodeFacts:
             try:
                 cells = tuple(
                     Cell(
-                        cpus=_count_cpus(str(c["cpus"])),
+                        cpus=len(parse_cpu_list(str(c["cpus"]))),
                         hugepages_1gi=parse_bytes(str(c.get("hugepages1Gi", "0"))),
                         hugepages_2mi=parse_bytes(str(c.get("hugepages2Mi", "0"))),
                     )
@@ -87,18 +88,6 @@ class NodeFacts:
                 for t in (node.get("spec") or {}).get("taints") or []
             ),
         )
-
-
-def _count_cpus(text: str) -> int:
-    total = 0
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            low, high = part.split("-", 1)
-            total += int(high) - int(low) + 1
-        elif part:
-            total += 1
-    return total
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,26 @@ def session_cluster() -> Iterator[SessionCluster]:
                 os.environ.pop("KUBECONFIG", None)
             else:
                 os.environ["KUBECONFIG"] = previous
+
+
+@contextlib.contextmanager
+def twin_process(kubeconfig: Path, fleet: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`virtfleet twin run` (the simulated KubeVirt) as its own process, stopped afterwards; a traceback
+    in its log fails the caller."""
+    import sys
+
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "virtfleet", "twin", "run", "--fleet", str(fleet)],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    text = log.read_text()
+    if "Traceback" in text:
+        raise ControlPlaneError(f"the twin logged a traceback:\n{text[-3000:]}")

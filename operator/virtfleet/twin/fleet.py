@@ -1,4 +1,6 @@
 """The fleet file: simulated nodes and the simulated cluster's KubeVirt settings.
+The scheme's name and cpu-list syntax live in the core (virtfleet.core.capacity, virtfleet.core.cpulist),
+where the operator reads them.
 
 NUMA topology scheme (read by the operator too): each node carries the annotation
 `virtfleet.io/numa-topology` with JSON `{"cells": [{"id": 0, "cpus": "0-15", "memory": "64Gi",
@@ -15,47 +17,17 @@ import yaml
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from virtfleet.api.base import Model, Quantity
+from virtfleet.core.capacity import NUMA_ANNOTATION
+from virtfleet.core.cpulist import format_cpu_list, parse_cpu_list
+from virtfleet.core.kubevirt import CPUMANAGER_LABEL
 from virtfleet.core.quantity import parse_bytes
 
-NUMA_ANNOTATION = "virtfleet.io/numa-topology"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 SCHEDULABLE_LABEL = "kubevirt.io/schedulable"
-CPUMANAGER_LABEL = "kubevirt.io/cpumanager"
 FLEET_LABEL = "twin.virtfleet.io/fleet"
 # Per-node link speed for migrations, bytes per second.
 BANDWIDTH_ANNOTATION = "twin.virtfleet.io/migration-bandwidth"
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """Linux cpu list syntax: "0-3,8,10-11"."""
-    cpus: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            low, high = (int(x) for x in part.split("-", 1))
-            if high < low:
-                raise ValueError(f"cpu range {part!r} runs backwards")
-            cpus.extend(range(low, high + 1))
-        else:
-            cpus.append(int(part))
-    return cpus
-
-
-def format_cpu_list(cpus: list[int]) -> str:
-    ranges: list[str] = []
-    ordered = sorted(set(cpus))
-    start = prev = None
-    for cpu in [*ordered, None]:
-        if cpu is not None and prev is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        if start is not None:
-            ranges.append(f"{start}" if start == prev else f"{start}-{prev}")
-        start = prev = cpu
-    return ",".join(ranges)
 
 
 class NumaCell(Model):

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from virtfleet.core.capacity import NUMA_ANNOTATION
+from virtfleet.core.cpulist import format_cpu_list, parse_cpu_list
 from virtfleet.twin.clock import Clock
-from virtfleet.twin.fleet import NUMA_ANNOTATION, Fleet, format_cpu_list, node_manifests, parse_cpu_list
+from virtfleet.twin.fleet import Fleet, node_manifests
 
 
 def test_example_fleet_makes_nodes(repo: Path) -> None:
