@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 WITH_CONTROLPLANE = bin_dir=$$(bash hack/controlplane/build.sh) && VIRTFLEET_BIN_DIR=$$bin_dir
 PYTEST_FLAGS ?=
 
-.PHONY: help venv controlplane crds lint format typecheck contracts test-unit test-integration e2e test demo demo-stop bench bench-twin bench-pools clean
+.PHONY: help venv controlplane crds lint format typecheck contracts test-unit test-integration e2e test demo demo-stop bench bench-twin bench-pools bench-planner clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -61,7 +61,10 @@ demo: venv ## start a local control plane + operator, apply examples/, show the 
 demo-stop: venv ## stop everything `make demo` started
 	$(BIN)/python hack/demo.py down
 
-bench: bench-twin bench-pools ## run every benchmark; figures go to bench/results/
+bench: bench-twin bench-pools bench-planner ## run every benchmark; figures go to bench/results/
+
+bench-planner: venv ## plan 10,000 VMs over 500 nodes (pure, no cluster)
+	$(BIN)/python bench/planner.py
 
 bench-twin: venv ## simulated KubeVirt: 5,000 VMs on 100 nodes to Running
 	$(WITH_CONTROLPLANE) $(BIN)/python bench/twin.py

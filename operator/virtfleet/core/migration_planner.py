@@ -1,0 +1,332 @@
+"""Plan many migrations (pure, no I/O): which VMs move, where, in what order, within which limits, and
+how long it will take.
+
+Goals: drain given nodes; move selected VMs to nodes matching a selector; rebalance nodes whose effective
+CPU or memory ratio exceeds a threshold (DRS-like, fewest moves: the largest VMs of the most loaded node
+first). Targets respect capacity and the moving VM's pool ratios (virtfleet.core.capacity), NUMA fit for
+pinned VMs, and exclude the sources. VMs that cannot be planned are listed with a reason, never dropped.
+
+Timing: each VM's duration and downtime come from the pre-copy model (virtfleet.core.precopy), the same
+one the twin runs. The schedule is simulated as the executor runs it: in order, starting a VM as soon as
+the plan's maxParallel, the per-node outbound/inbound limits and the per-pool disruption budget allow.
+Simplification: a source whose next VM is blocked (target inbound or pool budget) waits for it
+(head-of-line per source) instead of letting later VMs overtake.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from virtfleet.core import precopy
+from virtfleet.core.capacity import Capacity, NodeFacts, VMLoad, effective_cpu_ratio, effective_memory_ratio
+from virtfleet.core.kubevirt import LauncherRequests
+
+Goal = Literal["drain", "move", "rebalance"]
+Order = Literal["priority", "smallestFirst", "largestFirst", "waves"]
+Method = Literal["live", "cold", "liveWithColdFallback"]
+COLD_DOWNTIME_PER_GIB = 2.0  # seconds a cold move keeps a VM down per GiB (stop, re-place, boot)
+
+
+@dataclass(frozen=True)
+class PlanVM:
+    key: str  # namespace/name
+    pool: str
+    node: str
+    requests: LauncherRequests
+    cpu_ratio: float = 1.0
+    memory_ratio: float = 1.0
+    live_migratable: bool = True
+    priority: int = 0
+    dirty_rate_bps: float = 50 * 2**20
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_parallel: int = 5
+    max_outbound_per_node: int = 2
+    max_inbound_per_node: int = 2
+    pool_budget: int = 1_000_000  # VMs of one pool migrating at once
+
+
+@dataclass(frozen=True)
+class Timing:
+    bandwidth_bps: float = 1.25e9
+    max_downtime_s: float = 0.3
+    allow_post_copy: bool = False
+    allow_auto_converge: bool = False
+    completion_timeout_per_gib: int = precopy.DEFAULT_COMPLETION_TIMEOUT_PER_GIB
+    setup_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    goal: Goal
+    vms: Sequence[PlanVM]  # the selection
+    nodes: Sequence[NodeFacts]
+    placed: Sequence[VMLoad]  # every VMI's footprint, the selection's included
+    drain_nodes: frozenset[str] = frozenset()
+    target_selector: Mapping[str, str] = field(default_factory=dict)
+    cpu_threshold: float = 4.0
+    memory_threshold: float = 1.0
+    method: Method = "live"
+    order: Order = "priority"
+    waves: Sequence[Sequence[str]] = ()
+    limits: Limits = Limits()
+    timing: Timing = Timing()
+
+
+@dataclass(frozen=True)
+class Move:
+    vm: str
+    pool: str
+    source: str
+    target: str
+    method: Literal["live", "cold"]
+    estimate: precopy.MigrationEstimate
+    start_s: float = 0.0
+    wave: int = 0
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.estimate.duration_s
+
+
+@dataclass
+class Plan:
+    moves: list[Move] = field(default_factory=list)
+    unplaceable: list[tuple[str, str]] = field(default_factory=list)  # (vm, reason)
+
+    @property
+    def makespan_s(self) -> float:
+        return max((m.end_s for m in self.moves), default=0.0)
+
+    @property
+    def waves(self) -> int:
+        return max((m.wave for m in self.moves), default=-1) + 1
+
+
+def plan_migrations(request: PlanRequest) -> Plan:
+    plan = Plan()
+    capacity = Capacity(request.nodes, request.placed)
+    candidates = _to_move(request, capacity, plan)
+    ordered = _ordered(request, candidates, plan)
+    targets = _Targets(request, capacity)
+    chosen: list[Move] = []
+    for vm in ordered:
+        method: Literal["live", "cold"] = "live"
+        if not vm.live_migratable:
+            if request.method == "live":
+                plan.unplaceable.append((vm.key, "not live-migratable and the plan's method is live"))
+                continue
+            method = "cold"
+        elif request.method == "cold":
+            method = "cold"
+        target = targets.pick(vm)
+        if target is None:
+            plan.unplaceable.append((vm.key, targets.reason(vm)))
+            continue
+        chosen.append(Move(vm.key, vm.pool, vm.node, target, method, _estimate(vm, method, request.timing)))
+    wave_of = _wave_index(request, ordered)
+    plan.moves = _schedule(chosen, request.limits, wave_of)
+    return plan
+
+
+def _to_move(request: PlanRequest, capacity: Capacity, plan: Plan) -> list[PlanVM]:
+    if request.goal == "drain":
+        return [vm for vm in request.vms if vm.node in request.drain_nodes]
+    if request.goal == "move":
+        selector = request.target_selector
+        nodes = capacity.nodes
+        return [
+            vm
+            for vm in request.vms
+            if vm.node not in nodes or any(nodes[vm.node].labels.get(k) != v for k, v in selector.items())
+        ]
+    # Rebalance: take the largest VMs off the most loaded node until no node is over a threshold.
+    by_node: dict[str, list[PlanVM]] = defaultdict(list)
+    for vm in request.vms:
+        by_node[vm.node].append(vm)
+    chosen: list[PlanVM] = []
+    for name, usage in capacity.usage.items():
+        node = capacity.nodes[name]
+        cpu_over = effective_cpu_ratio(node, usage) - request.cpu_threshold
+        memory_over = effective_memory_ratio(node, usage) - request.memory_threshold
+        if cpu_over <= 1e-9 and memory_over <= 1e-9:
+            continue
+        excess_vcpus = max(0.0, cpu_over) * max(node.cores - usage.pinned_cores, 1)
+        excess_memory = max(0.0, memory_over) * node.memory
+        movable = sorted(
+            by_node.get(name, ()), key=lambda v: (-v.requests.vcpus, -v.requests.guest_memory_bytes, v.key)
+        )
+        for vm in movable:
+            if excess_vcpus <= 1e-9 and excess_memory <= 1e-9:
+                break
+            chosen.append(vm)
+            excess_vcpus -= 0 if vm.requests.dedicated else vm.requests.vcpus
+            excess_memory -= vm.requests.guest_memory_bytes
+        if excess_vcpus > 1e-9 or excess_memory > 1e-9:
+            plan.unplaceable.append(
+                (f"node/{name}", "not enough selected VMs on it to bring it under the threshold")
+            )
+    return chosen
+
+
+def _ordered(request: PlanRequest, vms: list[PlanVM], plan: Plan) -> list[PlanVM]:
+    if request.order == "waves":
+        position = {name: (w, i) for w, names in enumerate(request.waves) for i, name in enumerate(names)}
+        missing = [vm for vm in vms if vm.key not in position]
+        for vm in missing:
+            plan.unplaceable.append((vm.key, "not listed in any wave"))
+        return sorted((vm for vm in vms if vm.key in position), key=lambda v: position[v.key])
+    if request.order == "smallestFirst":
+        return sorted(vms, key=lambda v: (v.requests.guest_memory_bytes, v.key))
+    if request.order == "largestFirst":
+        return sorted(vms, key=lambda v: (-v.requests.guest_memory_bytes, v.key))
+    return sorted(vms, key=lambda v: (-v.priority, v.key))
+
+
+def _wave_index(request: PlanRequest, ordered: list[PlanVM]) -> dict[str, int]:
+    if request.order == "waves":
+        return {name: w for w, names in enumerate(request.waves) for name in names}
+    return {}
+
+
+class _Targets:
+    """Target choice: the eligible node with the most free memory that fits the VM within its pool's
+    ratios, via a heap with lazy re-insertion so each pick costs O(log nodes) in the common case."""
+
+    def __init__(self, request: PlanRequest, capacity: Capacity) -> None:
+        self.capacity = capacity
+        self.excluded = set(request.drain_nodes)
+        selector = request.target_selector
+        self.allowed = {
+            n.name
+            for n in capacity.nodes.values()
+            if n.ready
+            and n.schedulable
+            and not n.tainted
+            and all(n.labels.get(k) == v for k, v in selector.items())
+        } - self.excluded
+        self.heap = [(-self._free(name), name) for name in self.allowed]
+        heapq.heapify(self.heap)
+
+    def _free(self, name: str) -> float:
+        node = self.capacity.nodes[name]
+        return (node.memory - self.capacity.usage[name].memory) / max(node.memory, 1)
+
+    def pick(self, vm: PlanVM) -> str | None:
+        load = VMLoad(vm.requests)
+        skipped: list[tuple[float, str]] = []
+        found: str | None = None
+        while self.heap:
+            score, name = heapq.heappop(self.heap)
+            if -score != self._free(name):  # stale entry: refresh it
+                heapq.heappush(self.heap, (-self._free(name), name))
+                continue
+            node = self.capacity.nodes[name]
+            if name != vm.node and not (vm.requests.dedicated and not node.cpumanager):
+                cell = self.capacity.fits(node, load, vm.cpu_ratio, vm.memory_ratio)
+                if cell is not None:
+                    self.capacity.usage[name].add(load, cell if vm.requests.numa_passthrough else None)
+                    found = name
+                    skipped.append((-self._free(name), name))
+                    break
+            skipped.append((score, name))
+        for item in skipped:
+            heapq.heappush(self.heap, item)
+        return found
+
+    def reason(self, vm: PlanVM) -> str:
+        if not self.allowed - {vm.node}:
+            return "no eligible target node (all excluded, cordoned, NotReady, tainted or not matching)"
+        if vm.requests.dedicated:
+            return "no cpumanager node has enough free pinned cores (and NUMA cell) within cpuRatio 1"
+        return (
+            f"no target node has room for {vm.requests.vcpus} vCPUs / {vm.requests.guest_memory_bytes / 2**30:.1f}Gi "
+            f"within the pool's ratios (cpu {vm.cpu_ratio:g}, memory {vm.memory_ratio:g})"
+        )
+
+
+def _estimate(vm: PlanVM, method: Literal["live", "cold"], timing: Timing) -> precopy.MigrationEstimate:
+    memory = vm.requests.guest_memory_bytes
+    if method == "cold":
+        down = timing.setup_s + COLD_DOWNTIME_PER_GIB * memory / precopy.GIB
+        return precopy.MigrationEstimate(down, down, 0, 0, "PreCopy", True, copy_started_s=timing.setup_s)
+    return precopy.estimate(
+        precopy.MigrationInputs(
+            memory_bytes=memory,
+            dirty_rate_bps=vm.dirty_rate_bps,
+            bandwidth_bps=timing.bandwidth_bps,
+            max_downtime_s=timing.max_downtime_s,
+            allow_post_copy=timing.allow_post_copy,
+            allow_auto_converge=timing.allow_auto_converge,
+            completion_timeout_per_gib=timing.completion_timeout_per_gib,
+            setup_s=timing.setup_s,
+        )
+    )
+
+
+def _schedule(moves: list[Move], limits: Limits, wave_of: Mapping[str, int]) -> list[Move]:
+    """Simulate the executor: start moves in order as soon as every limit allows."""
+    queues: dict[str, deque[tuple[int, Move]]] = defaultdict(deque)
+    for index, move in enumerate(moves):
+        queues[move.source].append((index, move))
+    heads = [(queue[0][0], source) for source, queue in queues.items()]
+    heapq.heapify(heads)
+    running: list[tuple[float, int, Move]] = []  # (end, index, move)
+    outbound: dict[str, int] = defaultdict(int)
+    inbound: dict[str, int] = defaultdict(int)
+    per_pool: dict[str, int] = defaultdict(int)
+    current_wave = min(wave_of.values(), default=0)
+    wave_left: dict[int, int] = defaultdict(int)
+    for move in moves:
+        wave_left[wave_of.get(move.vm, 0)] += 1
+    scheduled: list[Move] = []
+    now = 0.0
+    start_round = 0
+    while heads or running:
+        blocked: list[tuple[int, str]] = []
+        started_any = False
+        while heads and len(running) < limits.max_parallel:
+            index, source = heapq.heappop(heads)
+            move = queues[source][0][1]
+            wave = wave_of.get(move.vm, 0)
+            if (
+                outbound[source] >= limits.max_outbound_per_node
+                or inbound[move.target] >= limits.max_inbound_per_node
+                or per_pool[move.pool] >= limits.pool_budget
+                or (wave_of and wave != current_wave)
+            ):
+                blocked.append((index, source))
+                continue
+            queues[source].popleft()
+            if queues[source]:
+                heapq.heappush(heads, (queues[source][0][0], source))
+            outbound[source] += 1
+            inbound[move.target] += 1
+            per_pool[move.pool] += 1
+            started = Move(move.vm, move.pool, move.source, move.target, move.method, move.estimate, now,
+                           wave if wave_of else start_round)  # fmt: skip
+            heapq.heappush(running, (started.end_s, index, started))
+            started_any = True
+        for item in blocked:
+            heapq.heappush(heads, item)
+        if started_any:
+            start_round += 1
+        if not running:
+            break  # nothing can ever start (a limit of zero): stop rather than spin
+        end, _, done = heapq.heappop(running)
+        now = end
+        outbound[done.source] -= 1
+        inbound[done.target] -= 1
+        per_pool[done.pool] -= 1
+        scheduled.append(done)
+        if wave_of:
+            wave_left[done.wave] -= 1
+            while wave_left.get(current_wave, 0) == 0 and current_wave < max(wave_left, default=0):
+                current_wave += 1
+    return sorted(scheduled, key=lambda m: (m.start_s, m.vm))
