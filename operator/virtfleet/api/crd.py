@@ -126,6 +126,9 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Done", "integer", ".status.done", "VMs moved"),
             PrinterColumn("Total", "integer", ".status.total", "VMs in the plan"),
             PrinterColumn("Failed", "integer", ".status.failed", "VMs that failed to move"),
+            PrinterColumn(
+                "Estimate", "number", ".status.estimatedMakespanSeconds", "Estimated seconds for the plan"
+            ),
             _AGE,
         ),
     ),

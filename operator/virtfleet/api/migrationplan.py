@@ -1,14 +1,49 @@
-"""MigrationPlan: move many VMs (drain, move, rebalance) in waves under limits."""
+"""MigrationPlan: move many VMs (drain, move, rebalance) in waves under limits, with estimates."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from virtfleet.api.base import BaseStatus, Model, ObjectName, cel
+from virtfleet.api.base import BaseStatus, Conditions, DNSLabel, LabelMap, Model, ObjectName, Quantity, cel
 
 NodeName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+MAX_LISTED = 2000  # per-VM entries kept in status (etcd objects stay well under their size limit)
+
+
+class Selection(Model):
+    """Which VMs of the plan's namespace the plan covers; fields combine with AND. Empty: every VM the
+    goal concerns (on the drained nodes, outside the target nodes, or anywhere for rebalance)."""
+
+    pools: list[ObjectName] = Field(default_factory=list, max_length=256, description="VMs of these pools.")
+    vms: list[DNSLabel] = Field(default_factory=list, max_length=500, description="These VMs by name.")
+    match_labels: LabelMap = Field(default_factory=dict, description="VMs whose VMI has all these labels.")
+    nodes: list[NodeName] = Field(
+        default_factory=list, max_length=1000, description="VMs running on these nodes."
+    )
+
+
+class Thresholds(Model):
+    """Rebalance: move VMs off nodes whose effective ratios exceed these."""
+
+    cpu_ratio: float = Field(default=4.0, ge=0.1, le=64, description="Effective CPU ratio allowed per node.")
+    memory_ratio: float = Field(
+        default=1.0, ge=0.1, le=8, description="Effective memory ratio allowed per node."
+    )
+
+
+class MigrationOptions(Model):
+    """KubeVirt migration settings for this plan, materialised as a MigrationPolicy."""
+
+    allow_post_copy: bool = Field(default=False, description="Switch to post-copy at the completion timeout.")
+    allow_auto_converge: bool = Field(default=False, description="Throttle guests that do not converge.")
+    bandwidth_per_migration: Quantity | None = Field(default=None, description="Bytes/s per migration.")
+    completion_timeout_per_gib: int = Field(
+        default=150, ge=1, le=10000, alias="completionTimeoutPerGiB", description="Seconds per GiB of memory."
+    )
+    max_downtime_ms: int = Field(default=300, ge=1, le=2000000, description="Allowed stop-and-copy pause.")
 
 
 class MigrationLimits(Model):
@@ -18,6 +53,30 @@ class MigrationLimits(Model):
     max_outbound_per_node: int = Field(
         default=2, ge=1, le=100, description="Migrations leaving one node at once."
     )
+    max_inbound_per_node: int = Field(
+        default=2, ge=1, le=100, description="Migrations entering one node at once."
+    )
+    pool_disruption_budget: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description="VMs of one pool migrating or down at once; unlimited when unset.",
+    )
+
+
+class FailurePolicy(Model):
+    """What happens when migrations fail."""
+
+    retries: int = Field(default=2, ge=0, le=20, description="Retries per VM.")
+    backoff_seconds: int = Field(
+        default=30, ge=1, le=3600, description="Wait before a retry (doubles each time)."
+    )
+    max_failures: int = Field(
+        default=5, ge=0, le=10000, description="VMs that may finally fail before onFailure."
+    )
+    on_failure: Literal["continue", "pause", "abort"] = Field(
+        default="pause", description="When maxFailures is exceeded: keep going, pause, or abort the plan."
+    )
 
 
 class MigrationPlanSpec(Model):
@@ -25,35 +84,104 @@ class MigrationPlanSpec(Model):
 
     model_config = cel(
         {
-            "rule": "self.goal != 'drain' || size(self.nodes) > 0",
+            "rule": "self.goal != 'drain' || (has(self.nodes) && size(self.nodes) > 0)",
             "message": "goal 'drain' needs at least one node in nodes",
             "fieldPath": ".nodes",
+        },
+        {
+            "rule": "self.goal != 'move' || (has(self.targetSelector) && size(self.targetSelector) > 0)",
+            "message": "goal 'move' needs targetSelector",
+            "fieldPath": ".targetSelector",
+        },
+        {
+            "rule": "self.order != 'waves' || (has(self.waves) && size(self.waves) > 0)",
+            "message": "order 'waves' needs waves",
+            "fieldPath": ".waves",
+        },
+        {
+            "rule": "!has(self.waves) || !has(self.selection) || !has(self.selection.vms)"
+            " || self.waves.all(w, w.all(v, v in self.selection.vms))",
+            "message": "waves may only name VMs listed in selection.vms",
+            "fieldPath": ".waves",
         },
     )
 
     goal: Literal["drain", "move", "rebalance"] = Field(
-        description="drain: empty the given nodes; move: move the selected VMs to matching nodes;"
-        " rebalance: move VMs off over-committed nodes."
+        description="drain: empty the given nodes; move: move the selected VMs to nodes matching targetSelector;"
+        " rebalance: move VMs off nodes over the thresholds."
     )
-    nodes: list[NodeName] = Field(
-        default_factory=list, max_length=1000, description="Nodes the goal applies to (drain)."
+    selection: Selection = Field(default_factory=Selection, description="Which VMs the plan covers.")
+    nodes: list[NodeName] = Field(default_factory=list, max_length=1000, description="Nodes to drain.")
+    target_selector: LabelMap = Field(default_factory=dict, description="move: target nodes' labels.")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="rebalance: ratios to get under.")
+    method: Literal["live", "cold", "liveWithColdFallback"] = Field(
+        default="live",
+        description="live migration, cold (stop, re-place, start), or live with cold fallback.",
     )
-    pools: list[ObjectName] = Field(
-        default_factory=list, max_length=1000, description="Select the VMs of these pools."
+    migration: MigrationOptions = Field(
+        default_factory=MigrationOptions, description="KubeVirt migration options."
     )
     limits: MigrationLimits = Field(default_factory=MigrationLimits, description="Concurrency limits.")
-    dry_run: bool = Field(default=False, description="Only plan and estimate; change nothing.")
+    order: Literal["priority", "smallestFirst", "largestFirst", "waves"] = Field(
+        default="priority",
+        description="Order of the moves (priority: the VMs' virtfleet.io/priority annotation).",
+    )
+    waves: list[Annotated[list[DNSLabel], Field(max_length=200)]] = Field(
+        default_factory=list, max_length=10, description="order 'waves': VM names, wave by wave."
+    )
+    failure_policy: FailurePolicy = Field(
+        default_factory=FailurePolicy, description="Retries and the failure budget."
+    )
+    dry_run: bool = Field(default=False, description="Only plan and estimate (status); change nothing.")
+    paused: bool = Field(default=False, description="Start no new migrations while true.")
+    cancel: bool = Field(default=False, description="Abort in-flight migrations and stop.")
+    not_before: datetime | None = Field(default=None, description="Do not start before this time (RFC 3339).")
+
+
+class PlannedVM(Model):
+    """One VM's place in the plan."""
+
+    name: ObjectName = Field(description="VM name.")
+    pool: str = Field(default="", max_length=253, description="Its pool, if any.")
+    source: str = Field(max_length=253, description="Node it runs on.")
+    target: str = Field(max_length=253, description="Node it goes to.")
+    method: Literal["live", "cold"] = Field(description="How it moves.")
+    wave: int = Field(ge=0, description="Start round (or explicit wave).")
+    phase: str = Field(default="Planned", max_length=32, description="Planned, Migrating, Succeeded, Failed.")
+    estimated_start_seconds: float = Field(ge=0, description="Seconds after the plan starts.")
+    estimated_duration_seconds: float = Field(ge=0, description="Model estimate of the migration's duration.")
+    estimated_downtime_seconds: float = Field(ge=0, description="Model estimate of the pause.")
+
+
+class Unplaceable(Model):
+    """A VM (or node) the plan cannot handle, and why."""
+
+    name: str = Field(max_length=253, description="VM name, or node/<name> for rebalance.")
+    reason: str = Field(max_length=1024, description="Why.")
 
 
 class MigrationPlanStatus(BaseStatus):
     """Observed state of a plan."""
 
-    phase: Literal["Pending", "Planned", "Running", "Succeeded", "Failed", "Cancelled"] | None = Field(
-        default=None, description="Where the plan is."
+    phase: Literal["Pending", "Planned", "Running", "Paused", "Succeeded", "Failed", "Cancelled"] | None = (
+        Field(default=None, description="Where the plan is.")
     )
     total: int = Field(default=0, ge=0, description="VMs in the plan.")
     done: int = Field(default=0, ge=0, description="VMs moved.")
     failed: int = Field(default=0, ge=0, description="VMs that failed to move.")
+    estimated_makespan_seconds: float | None = Field(
+        default=None, ge=0, description="Model estimate of the plan."
+    )
+    estimated_max_downtime_seconds: float | None = Field(
+        default=None, ge=0, description="Largest single pause."
+    )
+    vms: list[PlannedVM] = Field(
+        default_factory=list, max_length=MAX_LISTED, description="Per-VM pipeline (first 2000)."
+    )
+    unplaceable: list[Unplaceable] = Field(
+        default_factory=list, max_length=MAX_LISTED, description="VMs that cannot be planned, with reasons."
+    )
+    conditions: Conditions
 
 
 class MigrationPlan(Model):

@@ -114,3 +114,12 @@ async def pools_by_template(
         r for r in (ref.get("revision"), status.get("currentRevision"), status.get("updateRevision")) if r
     }
     return {(namespace, ref.get("name", "")): (name, frozenset(used))}
+
+
+@kopf.index(GROUP, VERSION, "virtualmachinepools")
+async def pool_ratios(status: kopf.Status, namespace: str | None, name: str, **_: Any) -> Any:
+    """(namespace, pool) -> the (cpu, memory) ratios in force, for migration targets."""
+    cpu, memory = status.get("cpuRatio"), status.get("memoryRatio")
+    if cpu is None or memory is None:
+        return None
+    return {(namespace, name): (float(cpu), float(memory))}

@@ -45,11 +45,15 @@ def member_of(body: Mapping[str, Any]) -> Member | None:
 
 @dataclass(frozen=True)
 class Placed:
-    """A VMI's footprint: where it runs (None: not yet) and what it requests."""
+    """A VMI's footprint: where it runs (None: not yet) and what it requests, plus what a migration plan
+    needs to know of it."""
 
     key: str
     node: str | None
     requests: LauncherRequests
+    labels: tuple[tuple[str, str], ...] = ()
+    live_migratable: bool = True
+    annotations: tuple[tuple[str, str], ...] = ()
 
 
 def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | None:
@@ -61,7 +65,23 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         requests = launcher_requests(body.get("spec") or {}, cpu_allocation_ratio)
     except SpecError:
         return None
-    return Placed(f"{meta.get('namespace')}/{meta.get('name')}", status.get("nodeName") or None, requests)
+    migratable = next(
+        (
+            c.get("status") != "False"
+            for c in status.get("conditions") or []
+            if c.get("type") == "LiveMigratable"
+        ),
+        True,
+    )
+    wanted = {"virtfleet.io/dirty-rate", "virtfleet.io/priority"}
+    return Placed(
+        f"{meta.get('namespace')}/{meta.get('name')}",
+        status.get("nodeName") or None,
+        requests,
+        labels=tuple(sorted((meta.get("labels") or {}).items())),
+        live_migratable=migratable,
+        annotations=tuple(sorted((k, v) for k, v in (meta.get("annotations") or {}).items() if k in wanted)),
+    )
 
 
 @dataclass(frozen=True)
