@@ -38,6 +38,8 @@ JSON = dict[str, Any]
 
 # Per-VMI knobs (set them in the VM template's metadata.annotations; they reach the VMI).
 DIRTY_RATE_ANNOTATION = "twin.virtfleet.io/dirty-rate"
+# The operator's planner reads this hint too, so its estimates and the twin's timings use the same rate.
+PLANNER_DIRTY_RATE_ANNOTATION = "virtfleet.io/dirty-rate"
 FAIL_MIGRATION_AT = "twin.virtfleet.io/fail-migration-at"
 FAIL_MIGRATIONS_COUNT = "twin.virtfleet.io/fail-migrations"
 CRASH_ANNOTATION = "twin.virtfleet.io/crash"
@@ -668,7 +670,11 @@ class Twin:
         annotations = vmi["metadata"].get("annotations") or {}
         requests = launcher_requests(vmi.get("spec") or {}, cluster.cpu_allocation_ratio)
         try:
-            dirty = parse_bytes(annotations.get(DIRTY_RATE_ANNOTATION) or self.fleet.defaults.dirty_rate)
+            dirty = parse_bytes(
+                annotations.get(DIRTY_RATE_ANNOTATION)
+                or annotations.get(PLANNER_DIRTY_RATE_ANNOTATION)
+                or self.fleet.defaults.dirty_rate
+            )
         except QuantityError:
             dirty = parse_bytes(self.fleet.defaults.dirty_rate)
         node = self.state.nodes.get(source_node)
