@@ -336,3 +336,25 @@ def test_node_failure_fails_its_vmis_and_always_restarts_elsewhere(
     finally:
         ready = '{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"ok"}]}}'
         cluster.kubectl("patch", "node", node, "--subresource=status", "--type=merge", "-p", ready)
+
+
+def test_added_node_selector_picks_the_target(cluster: LocalCluster, twin: None, namespace: str) -> None:
+    apply(cluster, vm("pinned-target", namespace, spec=NOT_EXACT))
+    source = wait_for(lambda: _running(cluster, namespace, "pinned-target"), 30, "never ran")["status"][
+        "nodeName"
+    ]
+    target = next(n for n in ("big-0", "big-1", "big-2") if n != source)
+    apply(
+        cluster,
+        migration("m-sel", namespace, "pinned-target", addedNodeSelector={"kubernetes.io/hostname": target}),
+    )
+    status = wait_for(
+        lambda: (
+            (s := get_json(cluster, "-n", namespace, "vmim", "m-sel").get("status", {})).get("phase")
+            == "Succeeded"
+            and s
+        ),
+        60,
+        "migration with addedNodeSelector did not succeed",
+    )
+    assert status["migrationState"]["targetNode"] == target
