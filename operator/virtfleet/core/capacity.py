@@ -259,18 +259,16 @@ def plan_capacity(
 ) -> PoolCapacity:
     """How many of `wanted` new VMs can be created after the pool's `unplaced` ones (created, not yet
     scheduled) are accounted for, keeping every eligible node within the pool's ratios."""
-    nodes, placed = list(nodes), list(placed)
     capacity = Capacity(nodes, placed)
     eligible = capacity.eligible(node_selector, per_vm.dedicated)
+    # Report the eligible nodes as they stand, before the hypothetical VMs below are placed.
+    committed_vcpus = sum(capacity.usage[n.name].vcpus for n in eligible)
+    cores = sum(n.cores for n in eligible)
+    committed_memory = sum(capacity.usage[n.name].guest_memory for n in eligible)
+    memory = sum(n.memory for n in eligible)
     load = VMLoad(per_vm)
     capacity.place([load] * unplaced, eligible, cpu_ratio, memory_ratio)
     creatable = capacity.place([load] * wanted, eligible, cpu_ratio, memory_ratio)
-    # Report the eligible nodes as they stand (before the hypothetical new VMs).
-    current = Capacity(nodes, placed)
-    committed_vcpus = sum(current.usage[n.name].vcpus for n in eligible)
-    cores = sum(n.cores for n in eligible)
-    committed_memory = sum(current.usage[n.name].guest_memory for n in eligible)
-    memory = sum(n.memory for n in eligible)
     message = ""
     if creatable < wanted:
         message = (

@@ -27,14 +27,12 @@ from virtfleet.core.pools import (
     plan,
 )
 from virtfleet.core.render import (
-    POOL_LABEL,
     PoolContext,
     check_compatible,
     hotplug_only,
     pool_hash,
     pool_selector,
     render_vm,
-    vm_name,
 )
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException
 from virtfleet.kube.facts import Placed, RevisionFacts, TemplateFacts
@@ -126,7 +124,7 @@ async def reconcile_pool(runtime: Runtime, inputs: PoolInputs) -> Outcome:
     result = plan(facts)
 
     # Capacity: create only what fits within the pool's ratios on its eligible nodes.
-    sample = render_vm(context, template_name(spec), revision.digest, template, 0)
+    sample = render_vm(context, spec.template_ref.name, revision.digest, template, 0)
     per_vm = launcher_requests(sample["spec"]["template"]["spec"], settings.kubevirt_cpu_allocation_ratio)
     node_selector = sample["spec"]["template"]["spec"].get("nodeSelector") or {}
     unplaced = sum(1 for m in members if not m.deleting and m.node is None)
@@ -178,10 +176,6 @@ async def reconcile_pool(runtime: Runtime, inputs: PoolInputs) -> Outcome:
     if not result.rolling and all(m.revision == revision.digest for m in members):
         outcome.rollout_done_template = spec.template_ref.name
     return outcome
-
-
-def template_name(spec: VirtualMachinePoolSpec) -> str:
-    return spec.template_ref.name
 
 
 def _with_expectations(
@@ -254,7 +248,7 @@ async def _execute(
     key = (inputs.namespace, inputs.name)
     expectations = runtime.expectations[key]
     semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
-    tname = template_name(spec)
+    tname = spec.template_ref.name
 
     async def create(ordinal: int) -> None:
         vm = render_vm(context, tname, revision.digest, template, ordinal)
@@ -337,10 +331,3 @@ async def _write_status(
     await runtime.kube.patch(
         VIRTUAL_MACHINE_POOLS, inputs.namespace, inputs.name, {"status": patch}, subresource="status"
     )
-
-
-def vm_names(pool: str, ordinals: Iterable[int]) -> list[str]:
-    return [vm_name(pool, o) for o in ordinals]
-
-
-__all__ = ["POOL_LABEL", "Outcome", "PoolInputs", "reconcile_pool"]

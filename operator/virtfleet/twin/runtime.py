@@ -88,7 +88,6 @@ class Twin:
     _node_failures: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     _failed_attempts: dict[str, int] = field(default_factory=dict)
     _restarts: set[str] = field(default_factory=set)
-    synced: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- start-up ------------------------------------------------------------------------------------
 
@@ -130,7 +129,6 @@ class Twin:
                 handler("ADDED", item)
             versions[ref] = listing["metadata"]["resourceVersion"]
         self._adopt_running_migrations()
-        self.synced.set()
         tasks = [asyncio.create_task(self._watch(ref, versions[ref], handler)) for ref, handler in watched]
         tasks += [
             asyncio.create_task(self._queue.serve(self._process, self._report)) for _ in range(self.workers)
