@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 WITH_CONTROLPLANE = bin_dir=$$(bash hack/controlplane/build.sh) && VIRTFLEET_BIN_DIR=$$bin_dir
 PYTEST_FLAGS ?=
 
-.PHONY: help venv controlplane crds lint format typecheck contracts test-unit test-integration e2e test demo demo-stop bench bench-twin bench-pools bench-planner clean
+.PHONY: help venv controlplane kstatus chart crds lint format typecheck contracts test-unit test-integration e2e test demo demo-stop bench bench-twin bench-pools bench-planner clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,8 +25,15 @@ venv: $(STAMP) ## create the virtualenv with the package and dev tools
 controlplane: ## build (or reuse from ~/.cache/virtfleet) etcd, kube-apiserver, kube-controller-manager, kubectl, helm
 	@bash hack/controlplane/build.sh >/dev/null
 
-crds: venv ## regenerate crds/ from the pydantic models
+kstatus: ## build (or reuse from ~/.cache/virtfleet) hack/kstatus: kstatus's status.Compute as a command
+	@bash hack/kstatus/build.sh >/dev/null
+
+chart: venv ## Helm charts (lint, dry-run, install, RBAC as the ServiceAccount) and the Dockerfile (hadolint)
+	$(WITH_CONTROLPLANE) $(BIN)/pytest tests/integration/test_helm_chart.py tests/unit/test_dockerfile.py $(PYTEST_FLAGS)
+
+crds: venv ## regenerate crds/ from the pydantic models (and the CRD chart's copy)
 	$(BIN)/virtfleet crds --output crds
+	cp crds/virtfleet.io_*.yaml charts/virtfleet-crds/files/crds/
 
 lint: venv ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -63,8 +70,8 @@ demo-stop: venv ## stop everything `make demo` started
 
 bench: bench-twin bench-pools bench-planner ## run every benchmark; figures go to bench/results/
 
-bench-planner: venv ## plan 10,000 VMs over 500 nodes (pure, no cluster)
-	$(BIN)/python bench/planner.py
+bench-planner: venv ## plan 10,000 VMs over 500 nodes; execute a 100-VM drain in the twin (concurrency)
+	$(WITH_CONTROLPLANE) $(BIN)/python bench/planner.py
 
 bench-twin: venv ## simulated KubeVirt: 5,000 VMs on 100 nodes to Running
 	$(WITH_CONTROLPLANE) $(BIN)/python bench/twin.py

@@ -1,8 +1,14 @@
-"""Planner benchmark: plan 10,000 VMs over 500 nodes (target <= 1 s), and the simulated schedule's mean
-concurrency / maxParallel over the plan (what the executor can reach if it follows the plan).
+"""Planner benchmark.
 
-Pure code, no cluster: run with `make bench-planner` or `.venv/bin/python bench/planner.py`.
-Executing the plan in the twin (the issue's second figure) needs the MigrationPlan executor, not built yet.
+1. Plan 10,000 VMs over 500 nodes (pure code): median of 5 runs, target <= 1 s.
+2. Execute a plan in the twin (simulated KubeVirt) with the real operator process and the real control
+   plane: drain 3 nodes of 100 VMs with maxParallel 5 (KubeVirt's own limit is 5 per cluster, 2 per
+   source node, so maxParallel binds). Mean concurrency / maxParallel is measured from the migrations'
+   own phase timestamps, from the first start to the last start (while work remained to be started),
+   target >= 0.95; the whole window including the final drain-down is reported too.
+
+Run with `make bench-planner` (builds or reuses the control plane) or `.venv/bin/python bench/planner.py
+[--no-execute]`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_results
+from plan_execution import execute
 
 from virtfleet.core.capacity import NodeFacts, VMLoad
 from virtfleet.core.kubevirt import launcher_requests
@@ -60,6 +67,8 @@ def main() -> None:
     parser.add_argument("--drain", type=int, default=50, help="nodes drained (their VMs all move)")
     parser.add_argument("--goal", choices=["move", "drain"], default="move")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-execute", action="store_true", help="skip the execution in the twin")
+    parser.add_argument("--execute-vms", type=int, default=100)
     args = parser.parse_args()
     request = build(args.vms, args.nodes, args.drain, seed=7, goal=args.goal)
     timings = []
@@ -79,6 +88,7 @@ def main() -> None:
         moving = sum(1 for vm in request.vms if vm.node in request.drain_nodes)
     print(f"{args.vms} VMs over {args.nodes} nodes, goal {args.goal}: {moving} to move, {len(plan.moves)} planned, "
           f"{len(plan.unplaceable)} unplaceable, {plan.waves} start rounds, makespan {plan.makespan_s:.0f}s")  # fmt: skip
+    executed = {} if args.no_execute else execute(args.execute_vms)
     write_results(
         "planner",
         {
@@ -89,14 +99,16 @@ def main() -> None:
                 "unit": "VMs",
                 "target": f"{moving} (all that must move)",
             },
-            "plan_mean_concurrency_over_max_parallel": {
+            "planned_schedule_mean_concurrency_over_max_parallel": {
                 "value": round(mean_concurrency / request.limits.max_parallel, 3),
                 "unit": "ratio",
-                "target": ">= 0.95 (simulated schedule; execution in the twin not built yet)",
+                "target": "reported (the planner's simulated schedule)",
             },
             "plan_makespan_estimate": {"value": round(plan.makespan_s, 1), "unit": "s", "target": "reported"},
+            **executed,
         },
-        f"make bench-planner  # bench/planner.py --vms {args.vms} --nodes {args.nodes} --goal {args.goal}",
+        f"make bench-planner  # bench/planner.py --vms {args.vms} --nodes {args.nodes} --goal {args.goal}"
+        f" --execute-vms {args.execute_vms}",
     )
 
 

@@ -122,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
     run.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeat)")
-    run.add_argument("--standalone", action="store_true", help="no peering: assume the only replica")
-    run.add_argument("--peering", default=None, help="kopf peering name (default virtfleet)")
+    run.add_argument(
+        "--standalone", action="store_true", help="no peering: assume the only replica (default)"
+    )
+    run.add_argument("--peering", default=None, help="use kopf peering with this name (needs kopf's CRDs)")
     run.add_argument("--liveness", default=None, help="health endpoint URL, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true", help="log every handler run")
     run.set_defaults(func=_cmd_run)

@@ -4,8 +4,13 @@ per node at most, never per VM."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from virtfleet.core import plan_executor
 
 POOL_REPLICAS = Gauge("virtfleet_pool_replicas", "VMs of a pool by state.", ["namespace", "pool", "state"])
 POOL_CPU_RATIO = Gauge(
@@ -22,6 +27,28 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )  # fmt: skip
 
+
+PLAN_VMS = Gauge(
+    "virtfleet_migration_plan_vms", "VMs of a migration plan by phase.", ["namespace", "plan", "phase"]
+)
+PLAN_MAKESPAN = Gauge(
+    "virtfleet_migration_plan_makespan_seconds",
+    "A migration plan's duration: the model's estimate, and the actual once it ended.",
+    ["namespace", "plan", "kind"],
+)
+_DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
+_DOWNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+MIGRATION_SECONDS = Histogram(
+    "virtfleet_migration_duration_seconds",
+    "Duration of finished migrations run by plans, actual and as estimated beforehand.",
+    ["method", "kind"], buckets=_DURATION_BUCKETS,
+)  # fmt: skip
+MIGRATION_DOWNTIME_SECONDS = Histogram(
+    "virtfleet_migration_downtime_seconds",
+    "Downtime of finished migrations run by plans: estimated (all), actual (cold moves; KubeVirt does not"
+    " report a live migration's pause).",
+    ["method", "kind"], buckets=_DOWNTIME_BUCKETS,
+)  # fmt: skip
 
 _serving: set[int] = set()
 
@@ -55,3 +82,43 @@ def forget_pool(namespace: str, pool: str) -> None:
         for kind in kinds:
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, pool, kind)
+
+
+def record_plan(
+    namespace: str,
+    plan: str,
+    status: Mapping[str, Any],
+    finished: Iterable[plan_executor.VMState],
+) -> None:
+    counts = {phase: 0 for phase in plan_executor.VM_PHASES}
+    for vm in status.get("vms") or []:
+        if vm.get("phase") in counts:
+            counts[vm["phase"]] += 1
+    for phase, count in counts.items():
+        PLAN_VMS.labels(namespace, plan, phase).set(count)
+    if status.get("estimatedMakespanSeconds") is not None:
+        PLAN_MAKESPAN.labels(namespace, plan, "estimated").set(float(status["estimatedMakespanSeconds"]))
+    if status.get("startedAt") and status.get("finishedAt"):
+        start, end = (
+            datetime.fromisoformat(str(status[k]).replace("Z", "+00:00")) for k in ("startedAt", "finishedAt")
+        )
+        PLAN_MAKESPAN.labels(namespace, plan, "actual").set((end - start).total_seconds())
+    for vm in finished:
+        if vm.phase != plan_executor.SUCCEEDED:
+            continue
+        method = vm.entry.method
+        MIGRATION_SECONDS.labels(method, "estimated").observe(vm.entry.estimated_duration_s)
+        MIGRATION_DOWNTIME_SECONDS.labels(method, "estimated").observe(vm.entry.estimated_downtime_s)
+        if vm.duration_s is not None:
+            MIGRATION_SECONDS.labels(method, "actual").observe(vm.duration_s)
+        if vm.downtime_s is not None:
+            MIGRATION_DOWNTIME_SECONDS.labels(method, "actual").observe(vm.downtime_s)
+
+
+def forget_plan(namespace: str, plan: str) -> None:
+    for phase in plan_executor.VM_PHASES:
+        with contextlib.suppress(KeyError):
+            PLAN_VMS.remove(namespace, plan, phase)
+    for kind in ("estimated", "actual"):
+        with contextlib.suppress(KeyError):
+            PLAN_MAKESPAN.remove(namespace, plan, kind)

@@ -29,7 +29,9 @@ class Settings:
     """Everything that tunes the operator; defaults are what a production install wants."""
 
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
-    standalone: bool = False  # false: kopf peering, so only one replica acts at a time
+    # true: no kopf peering (one replica, the Helm chart's default). Peering is opt-in (--peering NAME or
+    # VIRTFLEET_PEERING_NAME): it needs kopf's peering CRDs and object, and without them kopf would pause.
+    standalone: bool = True
     peering_name: str = "virtfleet"
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     metrics_port: int = 9090  # 0: no metrics endpoint
@@ -37,6 +39,10 @@ class Settings:
     default_memory_ratio: float = 1.0
     # KubeVirt's cluster-wide cpuAllocationRatio: what a VMI without CPU requests asks per vCPU.
     kubevirt_cpu_allocation_ratio: float = 10.0
+    # KubeVirt's migration limits (its KubeVirt CR, spec.configuration.migrations): plans never queue
+    # more migrations than KubeVirt runs at once, so their limits and estimates hold.
+    kubevirt_parallel_migrations: int = 5
+    kubevirt_parallel_outbound_per_node: int = 2
     field_manager: str = "virtfleet"
     verbose: bool = False
     annotations_prefix: str = "virtfleet.io"
@@ -52,7 +58,8 @@ class Settings:
         namespaces = tuple(n for n in env.get("VIRTFLEET_NAMESPACES", "").replace(",", " ").split() if n)
         values: dict[str, object] = {
             "namespaces": namespaces,
-            "standalone": env.get("VIRTFLEET_STANDALONE", "").lower() in ("1", "true", "yes"),
+            "standalone": not env.get("VIRTFLEET_PEERING_NAME")
+            and env.get("VIRTFLEET_STANDALONE", "true").lower() in ("1", "true", "yes"),
             "verbose": env.get("VIRTFLEET_VERBOSE", "").lower() in ("1", "true", "yes"),
             "peering_name": env.get("VIRTFLEET_PEERING_NAME", cls.peering_name),
             "liveness_endpoint": env.get("VIRTFLEET_LIVENESS_ENDPOINT", cls.liveness_endpoint),
@@ -64,10 +71,21 @@ class Settings:
                 env, "VIRTFLEET_KUBEVIRT_CPU_ALLOCATION_RATIO", cls.kubevirt_cpu_allocation_ratio, 1.0
             ),
         }
+        for key, name in (
+            ("kubevirt_parallel_migrations", "VIRTFLEET_KUBEVIRT_PARALLEL_MIGRATIONS"),
+            ("kubevirt_parallel_outbound_per_node", "VIRTFLEET_KUBEVIRT_PARALLEL_OUTBOUND_PER_NODE"),
+        ):
+            raw = env.get(name)
+            if raw:
+                if not raw.isdigit() or int(raw) < 1:
+                    raise SettingsError(f"{name}={raw!r} must be a whole number of at least 1")
+                values[key] = int(raw)
         port = env.get("VIRTFLEET_METRICS_PORT")
         if port:
             if not port.isdigit() or not 0 <= int(port) < 65536:
                 raise SettingsError(f"VIRTFLEET_METRICS_PORT={port!r} is not a TCP port (0 disables metrics)")
             values["metrics_port"] = int(port)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("peering_name") and overrides.get("standalone") is None:
+            values["standalone"] = False  # naming a peering asks for it
         return cls(**values)  # type: ignore[arg-type]

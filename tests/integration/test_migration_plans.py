@@ -78,16 +78,28 @@ def test_dry_run_drain_plans_and_estimates(cluster: LocalCluster, namespace: str
                   if v["status"]["nodeName"] == busiest) == on_it  # fmt: skip
 
 
-def test_a_plan_that_is_not_a_dry_run_says_it_cannot_execute_yet(
+def test_a_plan_waiting_for_not_before_shows_its_plan_and_starts_nothing(
     cluster: LocalCluster, namespace: str
 ) -> None:
-    apply(cluster, migration_plan(namespace, "real", goal="rebalance"))
+    apply(cluster, template(namespace))
+    apply(cluster, pool(namespace, replicas=3, cpuRatio=4))
+    wait_for(lambda: settled(cluster, namespace, 3), 60, "pool never ready")
+    node = get_json(cluster, "-n", namespace, "vmi")["items"][0]["status"]["nodeName"]
+    apply(
+        cluster,
+        migration_plan(namespace, "later", goal="drain", nodes=[node], notBefore="2999-01-01T00:00:00Z"),
+    )
     status = wait_for(
         lambda: (
-            (s := get_json(cluster, "-n", namespace, "vfplan", "real").get("status", {})).get("phase") and s
+            (s := get_json(cluster, "-n", namespace, "vfplan", "later").get("status", {})).get("phase")
+            == "Pending"
+            and s
         ),
         30,
         "the plan never got a status",
     )
-    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
-    assert stalled["status"] == "True" and stalled["reason"] == "ExecutorNotAvailable"
+    reconciling = next(c for c in status["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["reason"] == "WaitingToStart" and "notBefore" in reconciling["message"]
+    assert status["vms"] and not status.get("startedAt")
+    assert get_json(cluster, "-n", namespace, "vmim")["items"] == []
+    assert not get_json(cluster, "node", node)["spec"].get("unschedulable")  # not cordoned before it starts

@@ -52,8 +52,17 @@ def test_priority_annotation_orders_the_moves() -> None:
     assert [m.vm for m in plan.moves] == ["ns/b", "ns/a"]
 
 
-def test_not_a_dry_run_is_reported_as_not_executable_yet() -> None:
-    spec = MigrationPlanSpec.model_validate({"goal": "rebalance"})
-    status = plan_status(spec, build_plan(spec, "ns", FLEET, NODES, {}), {}, 2)
+def test_a_plan_waiting_to_start_reports_its_plan_and_why() -> None:
+    spec = MigrationPlanSpec.model_validate({"goal": "rebalance", "notBefore": "2999-01-01T00:00:00Z"})
+    status = plan_status(
+        spec, build_plan(spec, "ns", FLEET, NODES, {}), {}, 2, "Pending", "waiting for notBefore"
+    )
+    reconciling = next(c for c in status["conditions"] if c["type"] == "Reconciling")
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
-    assert (stalled["status"], stalled["reason"]) == ("True", "ExecutorNotAvailable")
+    assert status["phase"] == "Pending"
+    assert (reconciling["status"], reconciling["reason"], reconciling["message"]) == (
+        "True",
+        "WaitingToStart",
+        "waiting for notBefore",
+    )
+    assert stalled["status"] == "False"

@@ -5,11 +5,16 @@ import pytest
 from virtfleet.settings import Settings, SettingsError
 
 
-def test_defaults_watch_everything_with_peering() -> None:
+def test_defaults_watch_everything_standalone_and_peering_is_opt_in() -> None:
     settings = Settings.from_env({})
     assert settings.clusterwide
-    assert not settings.standalone
-    assert settings.peering_name == "virtfleet"
+    assert settings.standalone
+    assert not Settings.from_env({"VIRTFLEET_PEERING_NAME": "vf"}).standalone
+    assert not Settings.from_env({}, peering_name="vf").standalone
+    assert not Settings.from_env({"VIRTFLEET_STANDALONE": "false"}).standalone
+    assert (
+        Settings.from_env({"VIRTFLEET_KUBEVIRT_PARALLEL_MIGRATIONS": "8"}).kubevirt_parallel_migrations == 8
+    )
 
 
 def test_environment_then_flags() -> None:
@@ -27,6 +32,7 @@ def test_environment_then_flags() -> None:
         ({"VIRTFLEET_DEFAULT_CPU_RATIO": "0.5"}, "VIRTFLEET_DEFAULT_CPU_RATIO"),
         ({"VIRTFLEET_DEFAULT_MEMORY_RATIO": "x"}, "VIRTFLEET_DEFAULT_MEMORY_RATIO"),
         ({"VIRTFLEET_METRICS_PORT": "70000"}, "VIRTFLEET_METRICS_PORT"),
+        ({"VIRTFLEET_KUBEVIRT_PARALLEL_MIGRATIONS": "0"}, "VIRTFLEET_KUBEVIRT_PARALLEL_MIGRATIONS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:

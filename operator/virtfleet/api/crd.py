@@ -123,11 +123,13 @@ KINDS: tuple[Kind, ...] = (
         columns=(
             PrinterColumn("Goal", "string", ".spec.goal", "drain, move or rebalance"),
             PrinterColumn("Phase", "string", ".status.phase", "Where the plan is"),
-            PrinterColumn("Done", "integer", ".status.done", "VMs moved"),
-            PrinterColumn("Total", "integer", ".status.total", "VMs in the plan"),
+            PrinterColumn("Progress", "string", ".status.progress", "VMs moved / VMs in the plan"),
             PrinterColumn("Failed", "integer", ".status.failed", "VMs that failed to move"),
             PrinterColumn(
-                "Estimate", "number", ".status.estimatedMakespanSeconds", "Estimated seconds for the plan"
+                "Remaining", "number", ".status.estimatedRemainingSeconds", "Estimated seconds left"
+            ),
+            PrinterColumn(
+                "Estimate", "number", ".status.estimatedMakespanSeconds", "Estimated seconds for the plan", 1
             ),
             _AGE,
         ),
@@ -204,6 +206,9 @@ def crd(kind: Kind) -> JSON:
         "metadata": {"type": "object"},
         **schema["properties"],
     }
+    # kstatus (Argo CD, Flux) reads a missing status as Current: default observedGeneration to 0, so a
+    # new object is InProgress until the operator has reconciled its generation.
+    schema["properties"]["status"]["default"] = {"observedGeneration": 0}
     subresources: JSON = {"status": {}}
     if kind.scale:
         subresources["scale"] = {

@@ -136,21 +136,50 @@ class MigrationPlanSpec(Model):
     paused: bool = Field(default=False, description="Start no new migrations while true.")
     cancel: bool = Field(default=False, description="Abort in-flight migrations and stop.")
     not_before: datetime | None = Field(default=None, description="Do not start before this time (RFC 3339).")
+    uncordon_when_done: bool = Field(
+        default=False,
+        description="drain: make the nodes this plan cordoned schedulable again when it ends."
+        " Otherwise they stay cordoned for the maintenance they were drained for.",
+    )
+
+
+VMPhase = Literal[
+    "Planned", "Waiting", "Migrating", "Stopping", "Starting", "Succeeded", "Failed", "Cancelled", "Skipped"
+]
 
 
 class PlannedVM(Model):
-    """One VM's place in the plan."""
+    """One VM's place in the plan and its pipeline once the plan runs."""
 
     name: ObjectName = Field(description="VM name.")
     pool: str = Field(default="", max_length=253, description="Its pool, if any.")
-    source: str = Field(max_length=253, description="Node it runs on.")
+    source: str = Field(max_length=253, description="Node it ran on when the plan started.")
     target: str = Field(max_length=253, description="Node it goes to.")
     method: Literal["live", "cold"] = Field(description="How it moves.")
     wave: int = Field(ge=0, description="Start round (or explicit wave).")
-    phase: str = Field(default="Planned", max_length=32, description="Planned, Migrating, Succeeded, Failed.")
+    phase: VMPhase = Field(
+        default="Planned",
+        description="Planned, Waiting (backoff before a retry), Migrating (live), Stopping/Starting (cold),"
+        " Succeeded, Failed, Cancelled, Skipped (the VM went away or moved outside the plan).",
+    )
     estimated_start_seconds: float = Field(ge=0, description="Seconds after the plan starts.")
     estimated_duration_seconds: float = Field(ge=0, description="Model estimate of the migration's duration.")
     estimated_downtime_seconds: float = Field(ge=0, description="Model estimate of the pause.")
+    attempts: int = Field(default=0, ge=0, description="Migrations (or cold moves) started for this VM.")
+    node: str | None = Field(default=None, max_length=253, description="Node its VMI runs on now.")
+    migration: str = Field(
+        default="", max_length=253, description="Name of its latest VirtualMachineInstanceMigration."
+    )
+    started_at: datetime | None = Field(default=None, description="When the latest attempt started.")
+    finished_at: datetime | None = Field(default=None, description="When it finished.")
+    actual_duration_seconds: float | None = Field(default=None, ge=0, description="Observed duration.")
+    actual_downtime_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="Observed downtime: cold moves only (KubeVirt does not report a live migration's pause).",
+    )
+    retry_at: datetime | None = Field(default=None, description="Waiting: when the next attempt may start.")
+    last_error: str = Field(default="", max_length=1024, description="Why the latest attempt failed.")
 
 
 class Unplaceable(Model):
@@ -166,14 +195,29 @@ class MigrationPlanStatus(BaseStatus):
     phase: Literal["Pending", "Planned", "Running", "Paused", "Succeeded", "Failed", "Cancelled"] | None = (
         Field(default=None, description="Where the plan is.")
     )
-    total: int = Field(default=0, ge=0, description="VMs in the plan.")
+    total: int = Field(default=0, ge=0, description="VMs in the plan, the unplaceable included.")
     done: int = Field(default=0, ge=0, description="VMs moved.")
-    failed: int = Field(default=0, ge=0, description="VMs that failed to move.")
+    failed: int = Field(default=0, ge=0, description="VMs that failed to move, the unplaceable included.")
+    in_flight: int = Field(default=0, ge=0, description="VMs migrating or in a cold move now.")
+    cancelled: int = Field(default=0, ge=0, description="VMs not moved because the plan stopped.")
+    skipped: int = Field(default=0, ge=0, description="VMs that went away or moved outside the plan.")
+    progress: str = Field(default="", max_length=32, description="done/total, for kubectl get.")
+    started_at: datetime | None = Field(default=None, description="When execution started (plan frozen).")
+    finished_at: datetime | None = Field(default=None, description="When the plan reached a final phase.")
     estimated_makespan_seconds: float | None = Field(
         default=None, ge=0, description="Model estimate of the plan."
     )
     estimated_max_downtime_seconds: float | None = Field(
         default=None, ge=0, description="Largest single pause."
+    )
+    estimated_remaining_seconds: float | None = Field(
+        default=None, ge=0, description="Model estimate of the time left."
+    )
+    migration_policy: str = Field(
+        default="", max_length=253, description="The KubeVirt MigrationPolicy that carries spec.migration."
+    )
+    cordoned_nodes: list[NodeName] = Field(
+        default_factory=list, max_length=1000, description="Nodes this plan cordoned."
     )
     vms: list[PlannedVM] = Field(
         default_factory=list, max_length=MAX_LISTED, description="Per-VM pipeline (first 2000)."

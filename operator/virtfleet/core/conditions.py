@@ -21,6 +21,8 @@ DEGRADED = "Degraded"
 STALLED = "Stalled"
 # kstatus: True while the controller is working towards the spec.
 RECONCILING = "Reconciling"
+# Run-to-completion kinds (MigrationPlan): Unknown while running, then True or False for good.
+SUCCEEDED = "Succeeded"
 
 
 @dataclass(frozen=True)

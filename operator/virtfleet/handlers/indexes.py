@@ -17,13 +17,15 @@ from virtfleet.kube.revisions import revision_of
 from virtfleet.kube.runtime import Runtime
 
 # Async handlers run on the event loop; sync ones would go through a thread pool for every event.
+# An index function returns {} (not None) for an object that no longer belongs in the index: kopf keeps
+# an object's previous entries when its function returns None.
 
 
 @kopf.index("kubevirt.io", "v1", "virtualmachines", labels={POOL_LABEL: kopf.PRESENT})
 async def pool_members(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
     """(namespace, pool) -> the pool's VMs."""
     member = member_of(body)
-    return {(namespace, labels[POOL_LABEL]): member} if member is not None else None
+    return {(namespace, labels[POOL_LABEL]): member} if member is not None else {}
 
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels={POOL_LABEL: kopf.PRESENT})
@@ -40,7 +42,7 @@ async def placements(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
     runtime: Runtime | None = memo.get("runtime")
     ratio = runtime.settings.kubevirt_cpu_allocation_ratio if runtime else 10.0
     placed = placed_of(body, ratio)
-    return {None: placed} if placed is not None else None
+    return {None: placed} if placed is not None else {}
 
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances")
@@ -49,6 +51,7 @@ async def vmi_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Mem
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         runtime.wake_capacity_waiters()
+        runtime.wake_running_plans(namespace)
         if POOL_LABEL in labels:
             runtime.wake((namespace or "", labels[POOL_LABEL]))
 
@@ -94,7 +97,7 @@ async def template_changed(namespace: str | None, name: str, memo: kopf.Memo, **
 async def revisions(body: kopf.Body, namespace: str | None, **_: Any) -> Any:
     """(namespace, template) -> the template's revisions."""
     revision = revision_of(body)
-    return {(namespace, revision.template): revision} if revision is not None else None
+    return {(namespace, revision.template): revision} if revision is not None else {}
 
 
 @kopf.on.event("apps", "v1", "controllerrevisions", labels={TEMPLATE_LABEL: kopf.PRESENT})
@@ -121,5 +124,5 @@ async def pool_ratios(status: kopf.Status, namespace: str | None, name: str, **_
     """(namespace, pool) -> the (cpu, memory) ratios in force, for migration targets."""
     cpu, memory = status.get("cpuRatio"), status.get("memoryRatio")
     if cpu is None or memory is None:
-        return None
+        return {}
     return {(namespace, name): (float(cpu), float(memory))}

@@ -1,43 +1,174 @@
-"""MigrationPlan handlers: plan and estimate (dry run); execution comes later."""
+"""MigrationPlan handlers: one worker per plan that plans, starts and runs it whenever woken, and the
+indexes that tell it about its migrations and cold moves."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from virtfleet import GROUP, VERSION
-from virtfleet.api.migrationplan import MigrationPlanSpec
-from virtfleet.kube.plans import build_plan, plan_status
+from virtfleet import GROUP, VERSION, metrics
+from virtfleet.core import plan_executor
+from virtfleet.kube.plans import (
+    COLD_MOVE_ANNOTATION,
+    PLAN_LABEL,
+    PlanInputs,
+    attempt_of,
+    cold_move_of,
+    delete_plan_objects,
+    in_flight_of,
+    reconcile_plan,
+)
+from virtfleet.kube.runtime import Runtime
 
 PLURAL = "migrationplans"
+KIND = "MigrationPlan"
+IDLE_WAIT = 300.0  # nothing due: sleep until an event wakes the worker (this bound only guards liveness)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-async def plan_migrationplan(
-    spec: kopf.Spec,
-    status: kopf.Status,
-    meta: kopf.Meta,
+@kopf.index("kubevirt.io", "v1", "virtualmachineinstancemigrations", labels={PLAN_LABEL: kopf.PRESENT})
+async def plan_migrations(body: kopf.Body, labels: kopf.Labels, **_: Any) -> Any:
+    """Plan UID -> its migrations (one per attempt)."""
+    attempt = attempt_of(body)
+    return {labels[PLAN_LABEL]: attempt} if attempt is not None else {}
+
+
+@kopf.index("kubevirt.io", "v1", "virtualmachineinstancemigrations")
+async def migrations_in_flight(body: kopf.Body, **_: Any) -> Any:
+    """Every migration KubeVirt has not finished, whoever made it: KubeVirt's limits count them all."""
+    vmi = in_flight_of(body)
+    return {None: vmi} if vmi is not None else {}
+
+
+@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstancemigrations")
+async def migration_changed(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """A plan's migration moved on; any migration ending frees room under KubeVirt's limits for all."""
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
+        return
+    if PLAN_LABEL in labels:
+        runtime.wake_plan(labels[PLAN_LABEL])
+    runtime.wake_running_plans()
+
+
+@kopf.index("kubevirt.io", "v1", "virtualmachines", annotations={COLD_MOVE_ANNOTATION: kopf.PRESENT})
+async def cold_moves(body: kopf.Body, **_: Any) -> Any:
+    """Plan UID -> its cold moves, as recorded on the VMs."""
+    found = cold_move_of(body)
+    return {found[0]: found[1]} if found is not None else {}
+
+
+@kopf.on.event("kubevirt.io", "v1", "virtualmachines", annotations={COLD_MOVE_ANNOTATION: kopf.PRESENT})
+async def cold_move_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    found = cold_move_of(body)
+    if runtime is not None and found is not None:
+        runtime.wake_plan(found[0])
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def plan_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Spec edits (pause, cancel, limits): wake the plan's worker."""
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        runtime.wake_plan(uid)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def plan_deleted(namespace: str | None, uid: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Remove what the garbage collector cannot (the cluster-scoped MigrationPolicy) and start VMs
+    stopped for a cold move; migrations go with the plan by owner reference."""
+    runtime: Runtime = memo["runtime"]
+    moves = list(kwargs["cold_moves"].get(uid, ()))
+    await delete_plan_objects(runtime.kube, namespace or "", uid, moves)
+    runtime.forget_plan(uid)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def plan_worker(
+    body: kopf.Body,
     namespace: str | None,
-    patch: kopf.Patch,
+    name: str,
+    uid: str,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """Select the VMs, plan targets, order and limits, estimate every move, and report it in status."""
-    parsed = MigrationPlanSpec.model_validate(dict(spec))
-    plan = build_plan(
-        parsed,
-        namespace or "",
-        list(kwargs["placements"].get(None, ())),
-        list(kwargs["nodes"].get(None, ())),
-        {
+    """Plan, start and run the plan on every wake-up (its spec, migrations, VMs or VMIs changed, or a
+    backoff or notBefore came due), never by polling."""
+    runtime: Runtime = memo["runtime"]
+    namespace = namespace or ""
+    trigger = runtime.plan_triggers[uid]
+    trigger.set()
+    try:
+        while not stopped:
+            wake_in: float | None = None
+            if trigger.is_set():
+                trigger.clear()
+                wake_in = await _reconcile(runtime, body, namespace, name, uid, logger, kwargs)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(trigger.wait(), timeout=wake_in if wake_in is not None else IDLE_WAIT)
+                continue
+            if wake_in is not None:
+                trigger.set()
+    finally:
+        runtime.forget_plan(uid)
+        metrics.forget_plan(namespace, name)
+
+
+async def _reconcile(
+    runtime: Runtime,
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    uid: str,
+    logger: kopf.Logger,
+    indexes: dict[str, Any],
+) -> float | None:
+    """One pass; returns the seconds until something becomes due without an event (None: nothing)."""
+    # Our own last write wins over the body kopf holds, which may not show it yet.
+    status = runtime.plan_status.get(uid) or dict(body.get("status") or {})
+    inputs = PlanInputs(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        generation=int(body.metadata.get("generation") or 0),
+        spec=dict(body.get("spec") or {}),
+        status=status,
+        placements=list(indexes["placements"].get(None, ())),
+        nodes=list(indexes["nodes"].get(None, ())),
+        pool_ratios={
             pool: ratios
-            for (ns, pool), values in kwargs["pool_ratios"].items()
+            for (ns, pool), values in indexes["pool_ratios"].items()
             if ns == namespace
             for ratios in values
         },
+        attempts=list(indexes["plan_migrations"].get(uid, ())),
+        cold_moves=list(indexes["cold_moves"].get(uid, ())),
+        in_flight=list(indexes["migrations_in_flight"].get(None, ())),
     )
-    changes = plan_status(parsed, plan, dict(status), meta.get("generation"))
-    if changes:
-        patch.status.update(changes)
+    started = time.monotonic()
+    try:
+        outcome = await reconcile_plan(runtime, inputs)
+    except Exception as error:  # a failed write: try again shortly, without a storm
+        metrics.RECONCILES.labels(KIND, "error").inc()
+        logger.warning(f"reconcile failed, retrying in 5s: {error}")
+        return 5.0
+    metrics.RECONCILES.labels(KIND, "ok").inc()
+    metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+    phase = outcome.status.get("phase")
+    if phase in (plan_executor.PLAN_RUNNING, plan_executor.PLAN_PAUSED):
+        runtime.running_plans[uid] = namespace
+    else:
+        runtime.running_plans.pop(uid, None)
+    metrics.record_plan(namespace, name, outcome.status, outcome.finished)
+    for kind, reason, message in outcome.events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+    if outcome.wake_at is None:
+        return None
+    return max(0.0, (outcome.wake_at - datetime.now(UTC)).total_seconds()) + 0.05

@@ -6,7 +6,10 @@ import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
+from virtfleet.core.plan_executor import Attempt, ColdMove
 from virtfleet.kube.client import Kube
 from virtfleet.settings import Settings
 
@@ -45,6 +48,14 @@ class Runtime:
     waiting_for_capacity: set[PoolKey] = field(default_factory=set)
     # (namespace, template) -> pools using it, kept by the pools' own reconciles.
     pools_of_template: dict[PoolKey, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # Migration plans by UID: their wake-up triggers, namespaces (while they run), last written status,
+    # and the migrations they started that the watch has not shown yet (VM -> (attempt, when)).
+    plan_triggers: dict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    running_plans: dict[str, str] = field(default_factory=dict)
+    plan_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plan_starts: dict[str, dict[str, tuple[int, float]]] = field(default_factory=lambda: defaultdict(dict))
+    plan_failures_seen: dict[str, dict[str, datetime]] = field(default_factory=lambda: defaultdict(dict))
+    plan_status_written: dict[str, float] = field(default_factory=dict)  # monotonic time of the last write
 
     def wake(self, key: PoolKey) -> None:
         self.triggers[key].set()
@@ -70,6 +81,41 @@ class Runtime:
         for (namespace, _), users in self.pools_of_template.items():
             if namespace == key[0]:
                 users.discard(key[1])
+
+    def wake_plan(self, uid: str) -> None:
+        self.plan_triggers[uid].set()
+
+    def wake_running_plans(self, namespace: str | None = None) -> None:
+        for uid, plan_namespace in list(self.running_plans.items()):
+            if namespace is None or namespace == plan_namespace:
+                self.wake_plan(uid)
+
+    def expect_start(self, uid: str, vm: str, attempt: int) -> None:
+        self.plan_starts[uid][vm] = (attempt, self.clock())
+
+    def plan_expectations(
+        self, uid: str, attempts: dict[str, list[Attempt]], cold: dict[str, ColdMove]
+    ) -> dict[str, int]:
+        """Starts not yet visible in the watch, dropping those that are (or that never will be)."""
+        starts = self.plan_starts.get(uid, {})
+        now = self.clock()
+        for vm, (attempt, at) in list(starts.items()):
+            seen = max([a.number for a in attempts.get(vm, ())] + [cold[vm].attempt if vm in cold else 0])
+            if seen >= attempt or now - at > EXPECTATION_TTL:
+                del starts[vm]
+        return {vm: attempt for vm, (attempt, _) in starts.items()}
+
+    def failures_seen(self, uid: str, failed: list[str], now: datetime) -> dict[str, datetime]:
+        """When each failed migration was first seen (a restart sees them all anew: one longer backoff)."""
+        seen = self.plan_failures_seen[uid]
+        for name in failed:
+            seen.setdefault(name, now)
+        return dict(seen)
+
+    def forget_plan(self, uid: str) -> None:
+        for table in (self.plan_triggers, self.running_plans, self.plan_status, self.plan_starts,
+                      self.plan_failures_seen, self.plan_status_written):  # fmt: skip
+            table.pop(uid, None)
 
     @staticmethod
     def clock() -> float:
