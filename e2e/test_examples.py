@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from virtfleet.localcluster.testing import SessionCluster
+from virtfleet.localcluster.testing import SessionCluster, promtool
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NUMBERED = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir() and p.name[:2].isdigit())
@@ -132,6 +133,42 @@ def test_04_migration_plan(test_cluster: SessionCluster, operator_process: str) 
         done = f'virtfleet_migration_plan_vms{{namespace="default",phase="Succeeded",plan="maintenance"}} {status["done"]}.0'
         assert done in text
         assert 'virtfleet_migration_duration_seconds_count{kind="actual",method="live"}' in text
+
+
+@pytest.mark.skipif(
+    os.environ.get("VIRTFLEET_E2E_OPERATOR") == "external", reason="the operator's metrics port is elsewhere"
+)
+def test_a_live_scrape_passes_promtool_and_has_every_family(
+    test_cluster: SessionCluster, operator_process: str
+) -> None:
+    for folder in ("01-template", "02-oversubscribed-pool"):
+        test_cluster.kubectl("apply", "--server-side", "-f", str(EXAMPLES / folder))
+    _wait_ready(test_cluster, "vfpool", "web")
+    with urllib.request.urlopen(operator_process, timeout=5) as response:
+        text = response.read().decode()
+    lint = subprocess.run([str(promtool()), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE virtfleet_")}
+    assert not any(name.endswith("_created") for name in families)  # no per-series creation timestamps
+    assert families >= {
+        "virtfleet_pool_replicas", "virtfleet_pool_pending_replicas", "virtfleet_pool_condition",
+        "virtfleet_pool_cpu_ratio", "virtfleet_pool_memory_ratio", "virtfleet_node_committed_vcpus",
+        "virtfleet_node_cpu_cores", "virtfleet_node_effective_cpu_ratio", "virtfleet_node_effective_memory_ratio",
+        "virtfleet_template_revisions", "virtfleet_migration_plan_vms", "virtfleet_migration_plan_makespan_seconds",
+        "virtfleet_migration_duration_seconds", "virtfleet_migration_downtime_seconds", "virtfleet_reconcile_total",
+        "virtfleet_reconcile_duration_seconds", "virtfleet_kubernetes_api_requests_total",
+    }, sorted(families)  # fmt: skip
+    assert (
+        'virtfleet_template_revisions{namespace="default",state="in_use",template="fedora-small"} 1.0' in text
+    )
+    assert 'virtfleet_kubernetes_api_requests_total{code="201",verb="create"}' in text
+    if test_cluster.local is not None:  # the example fleet: 6 web VMs of 2 vCPUs on its nodes
+        committed = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("virtfleet_node_committed_vcpus{")
+        )
+        assert committed >= 12
 
 
 def test_applying_examples_twice_changes_nothing(test_cluster: SessionCluster, operator_process: str) -> None:

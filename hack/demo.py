@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,8 @@ def up() -> None:
 
     _wait("the operator", healthy, operator_pid, "operator.log")
     examples = sorted(p for p in (REPO / "examples").iterdir() if p.is_dir() and p.name[:2].isdigit())
-    for folder in examples:
+    plans = [p for p in examples if "migration-plan" in p.name]
+    for folder in (p for p in examples if p not in plans):
         _say(f"applying examples/{folder.name}")
         print(run_kubectl("apply", "--server-side", "-f", str(folder)), end="")
 
@@ -132,6 +134,10 @@ def up() -> None:
         if pools and all(_ready(p) for p in pools):
             break
         time.sleep(0.5)
+    for folder in plans:  # once the pools run: a maintenance drain, first as a what-if
+        _say(f"applying examples/{folder.name}")
+        print(run_kubectl("apply", "--server-side", "-f", str(folder)), end="")
+        _follow_plans(run_kubectl)
     print()
     print(run_kubectl("get", "virtfleet", "-A"))
     _summary(json.loads(run_kubectl("get", "virtualmachinepools.virtfleet.io", "-A", "-o", "json"))["items"],
@@ -147,6 +153,30 @@ Logs: {STATE}/operator.log, {STATE}/twin.log (simulated KubeVirt), {STATE}/clust
 Stop everything with: make demo-stop
 """
     )
+
+
+def _follow_plans(run_kubectl: Callable[..., str], timeout: float = 300) -> None:
+    """Print each plan's progress until every plan has ended (or is a finished dry run)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        plans = json.loads(run_kubectl("get", "migrationplans.virtfleet.io", "-A", "-o", "json"))["items"]
+        lines = []
+        for plan in plans:
+            status = plan.get("status", {})
+            lines.append(
+                f"  {plan['metadata']['name']:<20} {status.get('phase', '-'):<9} {status.get('progress', '')}"
+                f" estimated {status.get('estimatedMakespanSeconds')} s, remaining {status.get('estimatedRemainingSeconds')} s"
+            )
+        text = "\n".join(lines)
+        if text != last:
+            print(text, flush=True)
+            last = text
+        if plans and all(p.get("status", {}).get("phase") in ("Planned", "Succeeded", "Failed", "Cancelled")
+                         for p in plans):  # fmt: skip
+            break
+        time.sleep(1)
+    print(run_kubectl("get", "migrationplans.virtfleet.io", "-A"))
 
 
 def _ready(pool: dict[str, object]) -> bool:

@@ -1,16 +1,26 @@
-"""Prometheus metrics of the operator (prometheus-client). Labels stay low-cardinality: per pool and
-per node at most, never per VM."""
+"""Prometheus metrics of the operator (prometheus-client). Labels stay low-cardinality: per pool, plan,
+template and node at most, never per VM.
+
+Most series are set by reconciles. Per-node figures (committed vCPUs, effective ratios) and template
+revisions are computed at scrape time from the operator's in-memory indexes by FleetCollector: nothing
+polls, and a scrape always sees the current fleet."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from virtfleet.core import plan_executor
+from virtfleet.core.capacity import Capacity, NodeFacts, VMLoad, effective_cpu_ratio, effective_memory_ratio
+
+# `*_created` series double the exposition for no use on dashboards or alerts.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 POOL_REPLICAS = Gauge("virtfleet_pool_replicas", "VMs of a pool by state.", ["namespace", "pool", "state"])
 POOL_CPU_RATIO = Gauge(
@@ -21,6 +31,23 @@ POOL_MEMORY_RATIO = Gauge(
     "virtfleet_pool_memory_ratio", "Memory oversubscription of a pool: configured, or effective on its nodes.",
     ["namespace", "pool", "kind"],
 )  # fmt: skip
+POOL_PENDING = Gauge(
+    "virtfleet_pool_pending_replicas",
+    "VMs of a pool not running yet, by reason: capacity (not created: no room within the ratios),"
+    " starting (created, not ready).",
+    ["namespace", "pool", "reason"],
+)
+POOL_CONDITION = Gauge(
+    "virtfleet_pool_condition",
+    "1 while the pool's condition is True, else 0.",
+    ["namespace", "pool", "condition"],
+)
+API_REQUESTS = Counter(
+    "virtfleet_kubernetes_api_requests_total",
+    "Requests virtfleet's own client made to the Kubernetes API, by verb and HTTP code (kopf's watches"
+    " and patches are not included).",
+    ["verb", "code"],
+)
 RECONCILES = Counter("virtfleet_reconcile_total", "Reconciles by kind and result.", ["kind", "result"])
 RECONCILE_SECONDS = Histogram(
     "virtfleet_reconcile_duration_seconds", "Time spent in one reconcile.", ["kind"],
@@ -73,12 +100,23 @@ def record_pool(namespace: str, pool: str, status: dict[str, object], spec_repli
     POOL_MEMORY_RATIO.labels(namespace, pool, "effective").set(
         float(summary.get("effectiveMemoryRatio") or 0)
     )
+    pending = float(status.get("pendingReplicas") or 0)  # type: ignore[arg-type]
+    starting = float(status.get("replicas") or 0) - float(status.get("readyReplicas") or 0)  # type: ignore[arg-type]
+    POOL_PENDING.labels(namespace, pool, "capacity").set(pending)
+    POOL_PENDING.labels(namespace, pool, "starting").set(max(0.0, starting))
+    for condition in status.get("conditions") or []:  # type: ignore[attr-defined]
+        POOL_CONDITION.labels(namespace, pool, condition["type"]).set(
+            1 if condition.get("status") == "True" else 0
+        )
 
 
 def forget_pool(namespace: str, pool: str) -> None:
     for gauge, kinds in ((POOL_REPLICAS, ("ready", "updated", "pending", "current", "desired")),
                          (POOL_CPU_RATIO, ("configured", "effective")),
-                         (POOL_MEMORY_RATIO, ("configured", "effective"))):  # fmt: skip
+                         (POOL_MEMORY_RATIO, ("configured", "effective")),
+                         (POOL_PENDING, ("capacity", "starting")),
+                         (POOL_CONDITION, ("Ready", "Progressing", "Degraded", "Stalled", "Reconciling",
+                                           "CapacityExhausted"))):  # fmt: skip
         for kind in kinds:
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, pool, kind)
@@ -122,3 +160,75 @@ def forget_plan(namespace: str, plan: str) -> None:
     for kind in ("estimated", "actual"):
         with contextlib.suppress(KeyError):
             PLAN_MAKESPAN.remove(namespace, plan, kind)
+
+
+class FleetCollector(Collector):
+    """Per-node and per-template series computed on each scrape from the operator's indexes."""
+
+    def __init__(
+        self,
+        nodes: Callable[[], Iterable[NodeFacts]],
+        placements: Callable[[], Iterable[tuple[Any, str | None]]],  # (LauncherRequests, node)
+        revisions: Callable[[], Iterable[tuple[str, str, str]]],  # (namespace, template, revision digest)
+        revisions_in_use: Callable[[], Iterable[tuple[str, str, str]]],
+    ) -> None:
+        self.nodes, self.placements = nodes, placements
+        self.revisions, self.revisions_in_use = revisions, revisions_in_use
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # computed at scrape time: nothing to check at registration
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        nodes = list(self.nodes())
+        capacity = Capacity(nodes, [VMLoad(requests, node) for requests, node in self.placements() if node])
+        committed = GaugeMetricFamily(
+            "virtfleet_node_committed_vcpus",
+            "vCPUs of the VMs placed on a node (shared and dedicated).",
+            labels=["node"],
+        )
+        cores = GaugeMetricFamily(
+            "virtfleet_node_cpu_cores", "Allocatable CPU cores of a node.", labels=["node"]
+        )
+        cpu_ratio = GaugeMetricFamily(
+            "virtfleet_node_effective_cpu_ratio",
+            "Shared vCPUs per shared physical core on a node (its effective CPU oversubscription).",
+            labels=["node"],
+        )
+        memory_ratio = GaugeMetricFamily(
+            "virtfleet_node_effective_memory_ratio",
+            "Guest memory placed on a node per byte of its allocatable memory.",
+            labels=["node"],
+        )
+        for node in nodes:
+            usage = capacity.usage[node.name]
+            committed.add_metric([node.name], usage.vcpus)
+            cores.add_metric([node.name], node.cores)
+            ratio = effective_cpu_ratio(node, usage)
+            cpu_ratio.add_metric([node.name], ratio if ratio != float("inf") else 0.0)
+            memory_ratio.add_metric([node.name], effective_memory_ratio(node, usage))
+        yield from (committed, cores, cpu_ratio, memory_ratio)
+        revisions = GaugeMetricFamily(
+            "virtfleet_template_revisions", "Revisions a VMTemplate keeps, and those pools use.",
+            labels=["namespace", "template", "state"],
+        )  # fmt: skip
+        totals: dict[tuple[str, str], set[str]] = {}
+        for namespace, template, digest in self.revisions():
+            totals.setdefault((namespace, template), set()).add(digest)
+        used: dict[tuple[str, str], set[str]] = {}
+        for namespace, template, digest in self.revisions_in_use():
+            used.setdefault((namespace, template), set()).add(digest)
+        for key in sorted(totals.keys() | used.keys()):
+            revisions.add_metric([*key, "kept"], len(totals.get(key, ())))
+            revisions.add_metric([*key, "in_use"], len(used.get(key, set()) & totals.get(key, set())))
+        yield revisions
+
+
+_collector: list[FleetCollector] = []
+
+
+def register_fleet(collector: FleetCollector) -> None:
+    """Install (or replace, when the operator restarts in-process) the fleet collector."""
+    for old in _collector:
+        REGISTRY.unregister(old)
+    _collector[:] = [collector]
+    REGISTRY.register(collector)

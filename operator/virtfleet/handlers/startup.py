@@ -14,7 +14,7 @@ from virtfleet.settings import Settings
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes: Any) -> None:
     """Keep kopf's bookkeeping in virtfleet.io annotations and out of our structural status."""
     config: Settings = memo.get("settings") or Settings.from_env()
     memo["settings"] = config
@@ -31,8 +31,30 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    kube = await Kube.connect(field_manager=config.field_manager, pool_size=64)
+    kube.on_response = lambda verb, code: metrics.API_REQUESTS.labels(verb, str(code)).inc()
+    memo["runtime"] = Runtime(kube, config)
+    _register_fleet_metrics(indexes)
     metrics.serve(config.metrics_port)
-    memo["runtime"] = Runtime(await Kube.connect(field_manager=config.field_manager, pool_size=64), config)
+
+
+def _register_fleet_metrics(indexes: dict[str, Any]) -> None:
+    """Per-node and per-template series, computed at scrape time from kopf's live indexes."""
+    nodes, placements = indexes["nodes"], indexes["placements"]
+    revisions, pools_by_template = indexes["revisions"], indexes["pools_by_template"]
+    metrics.register_fleet(
+        metrics.FleetCollector(
+            nodes=lambda: list(nodes.get(None, ())),
+            placements=lambda: [(p.requests, p.node) for p in placements.get(None, ())],
+            revisions=lambda: [(ns, t, r.digest) for (ns, t), store in revisions.items() for r in store],
+            revisions_in_use=lambda: [
+                (ns, t, digest)
+                for (ns, t), store in pools_by_template.items()
+                for _, used in store
+                for digest in used
+            ],
+        )
+    )
 
 
 @kopf.on.cleanup()

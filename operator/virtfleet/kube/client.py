@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -66,6 +66,9 @@ MIGRATIONS = ResourceRef("kubevirt.io", "v1", "virtualmachineinstancemigrations"
 MIGRATION_POLICIES = ResourceRef("migrations.kubevirt.io", "v1alpha1", "migrationpolicies", namespaced=False)
 
 
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
 def _retry_after(error: ApiException) -> float:
     headers: Mapping[str, str] = error.headers or {}
     try:
@@ -80,6 +83,8 @@ class Kube:
     def __init__(self, api: client.ApiClient, field_manager: str) -> None:
         self._api = api
         self.field_manager = field_manager
+        # Called with (verb, HTTP code) after every request: the operator counts them in a metric.
+        self.on_response: Callable[[str, int], None] | None = None
 
     @classmethod
     async def connect(
@@ -118,9 +123,10 @@ class Kube:
         body: object = None,
         content_type: str = "application/json",
     ) -> JSON:
+        verb = _VERBS.get(method, method.lower()) if content_type != APPLY_PATCH else "apply"
         for attempt in range(THROTTLE_RETRIES + 1):
             try:
-                result: JSON = await self._api.call_api(
+                result, code, _ = await self._api.call_api(
                     path,
                     method,
                     query_params=list((query or {}).items()),
@@ -128,10 +134,15 @@ class Kube:
                     body=body,
                     response_types_map={200: "object", 201: "object", 202: "object"},
                     auth_settings=["BearerToken"],
-                    _return_http_data_only=True,
+                    _return_http_data_only=False,
                 )
-                return result
+                if self.on_response is not None:
+                    self.on_response(verb, int(code))
+                data: JSON = result
+                return data
             except ApiException as error:
+                if self.on_response is not None:
+                    self.on_response(verb, int(error.status or 0))
                 # 429 (API priority and fairness, storage initialising) says when to come back, as
                 # client-go honours it; everything else is the caller's to handle.
                 if error.status != 429 or attempt == THROTTLE_RETRIES:

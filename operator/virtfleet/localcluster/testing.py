@@ -92,3 +92,13 @@ def twin_process(kubeconfig: Path, fleet: Path, log: Path) -> Iterator[subproces
     text = log.read_text()
     if "Traceback" in text:
         raise ControlPlaneError(f"the twin logged a traceback:\n{text[-3000:]}")
+
+
+def promtool() -> Path:
+    """promtool from Debian's prometheus package (hack/promtool/get.sh, cached after the first call)."""
+    result = subprocess.run(
+        ["bash", str(REPO / "hack" / "promtool" / "get.sh")], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ControlPlaneError(f"hack/promtool/get.sh failed: {result.stderr.strip()}")
+    return Path(result.stdout.strip().splitlines()[-1])
