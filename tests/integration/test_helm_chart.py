@@ -706,7 +706,8 @@ def rbac_refusals(log: str) -> list[str]:
 def test_operator_runs_under_the_clusterwide_service_account(
     cluster: LocalCluster, clusterwide: Release, twin: None, tmp_path: Path
 ) -> None:
-    """Templates, a pool of VMs running in the twin, and a dry-run migration plan, as the chart's identity."""
+    """Templates, a pool of VMs running in the twin, a dry-run migration plan and two real ones (live and
+    cold), as the chart's identity."""
     namespace = create_namespace(cluster, "vf-run")
     try:
         with operator_as(clusterwide, tmp_path / "operator.log") as metrics:
@@ -731,6 +732,25 @@ def test_operator_runs_under_the_clusterwide_service_account(
                 20,
                 "the plan was never planned",
             )
+            # Real plans, so every write of the executor goes through this identity: cordon and uncordon,
+            # the MigrationPolicy, VMI labels, migrations (live drain of one node), VM stop/pin/start (cold
+            # drain of the other), and the deletion handler's clean-up.
+            first, second = sorted(
+                n["metadata"]["name"] for n in get_json(cluster, "nodes", "-l", "role=general")["items"]
+            )
+            for name, node, method in (("live", first, "live"), ("cold", second, "cold")):
+                apply(cluster, {"apiVersion": "virtfleet.io/v1alpha1", "kind": "MigrationPlan",
+                                "metadata": {"name": name, "namespace": namespace},
+                                "spec": {"goal": "drain", "nodes": [node], "method": method, "uncordonWhenDone": True}})  # fmt: skip
+                wait_for(
+                    lambda name=name: get_json(cluster, "-n", namespace, "vfplan", name).get("status", {}).get("phase")
+                    in ("Succeeded", "Failed"),
+                    60, f"plan {name} never finished",
+                )  # fmt: skip
+                status = get_json(cluster, "-n", namespace, "vfplan", name)["status"]
+                assert status["phase"] == "Succeeded", status
+                assert not get_json(cluster, "node", node)["spec"].get("unschedulable")
+            cluster.kubectl("-n", namespace, "delete", "vfplan", "--all", "--wait=true", "--timeout=30s")
             with urllib.request.urlopen(metrics, timeout=5) as response:
                 scraped = response.read().decode()
             assert (

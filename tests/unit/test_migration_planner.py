@@ -174,3 +174,80 @@ def test_limits_hold_and_every_vm_is_accounted_for(
         assert max(peak(plan.moves, lambda m: m.target).values()) <= inbound
         assert max(peak(plan.moves, lambda m: m.pool).values()) <= budget
         assert all(m.target != "n0" for m in plan.moves)
+
+
+def test_targets_respect_the_vms_own_selector_anti_affinity_and_spread() -> None:
+    nodes = [
+        NodeFacts(
+            f"n{i}", {"zone": "a" if i < 3 else "b", "disk": "ssd" if i != 2 else "hdd"}, 32_000, 256 * GIB
+        )
+        for i in range(6)
+    ]
+    # Four VMs of pool p on n0 (zone a), each wanting ssd nodes, one per node, spread over zones by 1.
+    vms = [
+        PlanVM(
+            f"ns/v{i}",
+            "p",
+            "n0",
+            requests(),
+            cpu_ratio=4.0,
+            node_selector=(("disk", "ssd"),),
+            anti_affinity=True,
+            spread=("zone", 1),
+        )
+        for i in range(4)
+    ]
+    others = [PlanVM("ns/w0", "p", "n4", requests(), cpu_ratio=4.0)]  # already one in zone b, on n4
+    request = PlanRequest(
+        "drain", vms, nodes, loads(vms + others), drain_nodes=frozenset({"n0"}),
+        pool_nodes={"p": [vm.node for vm in vms + others]}, limits=Limits(max_parallel=4),
+    )  # fmt: skip
+    plan = plan_migrations(request)
+    targets = [m.target for m in plan.moves]
+    assert "n2" not in targets  # hdd
+    assert "n4" not in targets  # anti-affinity: w0 runs there
+    assert len(set(targets)) == len(targets)  # anti-affinity among the moved ones too
+    # ssd nodes left: n1 (zone a), n3 and n5 (zone b): three VMs fit; the fourth cannot be placed.
+    assert sorted(targets) == ["n1", "n3", "n5"]
+    assert [reason for _, reason in plan.unplaceable] == [
+        "no target node satisfies its nodeSelector, anti-affinity, topology spread with room within its "
+        "capacity or its pool's ratios"
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    nodes=st.integers(2, 8),
+    vms=st.integers(1, 20),
+    max_skew=st.integers(1, 3),
+    anti=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_spread_and_anti_affinity_hold_on_every_plan(
+    nodes: int, vms: int, max_skew: int, anti: bool, seed: int
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    facts = [NodeFacts(f"n{i}", {"zone": f"z{i % 3}"}, 64_000, 512 * GIB) for i in range(nodes)]
+    fleet = [PlanVM(f"ns/v{i:02}", "p", f"n{rng.randrange(nodes)}", requests(), cpu_ratio=4.0, anti_affinity=anti,
+                    spread=("zone", max_skew)) for i in range(vms)]  # fmt: skip
+    drained = frozenset({"n0"})
+    request = PlanRequest("drain", fleet, facts, loads(fleet), drain_nodes=drained,
+                          pool_nodes={"p": [vm.node for vm in fleet]})  # fmt: skip
+    plan = plan_migrations(request)
+    zone_of = {n.name: n.labels["zone"] for n in facts}
+    where = {vm.key: vm.node for vm in fleet}
+    # Replay the moves in planning order (priority 0: by name) with the scheduler's rules for the target
+    # pod, the source VM still counted: every move must pass them.
+    for move in sorted(plan.moves, key=lambda m: m.vm):
+        zones = dict.fromkeys(zone_of.values(), 0)
+        for node in where.values():
+            zones[zone_of[node]] += 1
+        assert zones[zone_of[move.target]] + 1 - min(zones.values()) <= max_skew
+        if anti:
+            assert move.target not in where.values()
+        where[move.vm] = move.target
+    assert len(plan.moves) + len([u for u in plan.unplaceable if not u[0].startswith("node/")]) == sum(
+        1 for vm in fleet if vm.node in drained
+    )

@@ -4,7 +4,8 @@ how long it will take.
 Goals: drain given nodes; move selected VMs to nodes matching a selector; rebalance nodes whose effective
 CPU or memory ratio exceeds a threshold (DRS-like, fewest moves: the largest VMs of the most loaded node
 first). Targets respect capacity and the moving VM's pool ratios (virtfleet.core.capacity), NUMA fit for
-pinned VMs, and exclude the sources. VMs that cannot be planned are listed with a reason, never dropped.
+pinned VMs, the VM's own nodeSelector, required anti-affinity and topology spread (as the scheduler will
+apply them to the migration's target pod), and exclude the sources. VMs that cannot be planned are listed with a reason, never dropped.
 
 Timing: each VM's duration and downtime come from the pre-copy model (virtfleet.core.precopy), the same
 one the twin runs. The schedule is simulated as the executor runs it: in order, starting a VM as soon as
@@ -16,7 +17,7 @@ Simplification: a source whose next VM is blocked (target inbound or pool budget
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -42,6 +43,10 @@ class PlanVM:
     live_migratable: bool = True
     priority: int = 0
     dirty_rate_bps: float = 50 * 2**20
+    # The VMI's own placement rules, which the scheduler enforces on the migration's target pod:
+    node_selector: tuple[tuple[str, str], ...] = ()
+    anti_affinity: bool = False  # required: no two VMs of its pool on one node
+    spread: tuple[str, int] | None = None  # (topologyKey, maxSkew) over its pool's VMs, DoNotSchedule
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class PlanRequest:
     waves: Sequence[Sequence[str]] = ()
     limits: Limits = Limits()
     timing: Timing = Timing()
+    # Where each pool's VMs run now (pool -> one node per VM), for anti-affinity and spread on targets.
+    pool_nodes: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,52 @@ class _Targets:
         } - self.excluded
         self.heap = [(-self._free(name), name) for name in self.allowed]
         heapq.heapify(self.heap)
+        self.per_node: dict[str, Counter[str]] = defaultdict(Counter)  # pool -> VMs per node
+        for pool, where in request.pool_nodes.items():
+            self.per_node[pool].update(where)
+        self.domain_counts: dict[tuple[str, str, tuple[tuple[str, str], ...]], Counter[str]] = {}
+
+    def _placement_allows(self, vm: PlanVM, name: str) -> bool:
+        """The VM's nodeSelector, required anti-affinity and topology spread, as the scheduler applies them
+        to the migration's target pod (the source VM still counts while it migrates)."""
+        labels = self.capacity.nodes[name].labels
+        if any(labels.get(k) != v for k, v in vm.node_selector):
+            return False
+        counts = self.per_node.get(vm.pool, Counter())
+        if vm.anti_affinity and counts[name] > 0:
+            return False
+        if vm.spread is not None:
+            key, max_skew = vm.spread
+            if key not in labels:
+                return False
+            domains = self._domains(vm.pool, key, vm.node_selector)
+            if domains[labels[key]] + 1 - min(domains.values()) > max_skew:
+                return False
+        return True
+
+    def _domains(self, pool: str, key: str, selector: tuple[tuple[str, str], ...]) -> Counter[str]:
+        """The pool's VMs per topology domain, over the nodes the VM may run on (kept up to date by _moved)."""
+        cache_key = (pool, key, selector)
+        if cache_key not in self.domain_counts:
+            counts = self.per_node.get(pool, Counter())
+            domains: Counter[str] = Counter()
+            for node in self.capacity.nodes.values():
+                if key in node.labels and all(node.labels.get(k) == v for k, v in selector):
+                    domains[node.labels[key]] += counts[node.name]
+            self.domain_counts[cache_key] = domains
+        return self.domain_counts[cache_key]
+
+    def _moved(self, vm: PlanVM, target: str) -> None:
+        counts = self.per_node[vm.pool]
+        counts[vm.node] -= 1
+        counts[target] += 1
+        for (pool, key, selector), domains in self.domain_counts.items():
+            if pool != vm.pool:
+                continue
+            for node, delta in ((vm.node, -1), (target, 1)):
+                facts = self.capacity.nodes.get(node)
+                if facts and key in facts.labels and all(facts.labels.get(k) == v for k, v in selector):
+                    domains[facts.labels[key]] += delta
 
     def _free(self, name: str) -> float:
         node = self.capacity.nodes[name]
@@ -228,10 +281,15 @@ class _Targets:
                 heapq.heappush(self.heap, (-self._free(name), name))
                 continue
             node = self.capacity.nodes[name]
-            if name != vm.node and not (vm.requests.dedicated and not node.cpumanager):
+            if (
+                name != vm.node
+                and not (vm.requests.dedicated and not node.cpumanager)
+                and self._placement_allows(vm, name)
+            ):
                 cell = self.capacity.fits(node, load, vm.cpu_ratio, vm.memory_ratio)
                 if cell is not None:
                     self.capacity.usage[name].add(load, cell if vm.requests.numa_passthrough else None)
+                    self._moved(vm, name)
                     found = name
                     skipped.append((-self._free(name), name))
                     break
@@ -243,6 +301,11 @@ class _Targets:
     def reason(self, vm: PlanVM) -> str:
         if not self.allowed - {vm.node}:
             return "no eligible target node (all excluded, cordoned, NotReady, tainted or not matching)"
+        if vm.node_selector or vm.anti_affinity or vm.spread:
+            rules = [r for r, on in (("nodeSelector", vm.node_selector), ("anti-affinity", vm.anti_affinity),
+                                     ("topology spread", vm.spread)) if on]  # fmt: skip
+            room = "or its pool's ratios" if not vm.requests.dedicated else "or free pinned cores"
+            return f"no target node satisfies its {', '.join(rules)} with room within its capacity {room}"
         if vm.requests.dedicated:
             return "no cpumanager node has enough free pinned cores (and NUMA cell) within cpuRatio 1"
         return (

@@ -54,6 +54,9 @@ class Placed:
     labels: tuple[tuple[str, str], ...] = ()
     live_migratable: bool = True
     annotations: tuple[tuple[str, str], ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    anti_affinity: bool = False  # a required pod anti-affinity on the hostname
+    spread: tuple[str, int] | None = None  # the first DoNotSchedule topology spread: (key, maxSkew)
 
 
 def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | None:
@@ -74,6 +77,15 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         True,
     )
     wanted = {"virtfleet.io/dirty-rate", "virtfleet.io/priority"}
+    spec = body.get("spec") or {}
+    anti = ((spec.get("affinity") or {}).get("podAntiAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or []
+    spread = next(
+        ((str(c.get("topologyKey")), int(c.get("maxSkew") or 1))
+         for c in spec.get("topologySpreadConstraints") or [] if c.get("whenUnsatisfiable") == "DoNotSchedule"),
+        None,
+    )  # fmt: skip
     return Placed(
         f"{meta.get('namespace')}/{meta.get('name')}",
         status.get("nodeName") or None,
@@ -81,6 +93,9 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         labels=tuple(sorted((meta.get("labels") or {}).items())),
         live_migratable=migratable,
         annotations=tuple(sorted((k, v) for k, v in (meta.get("annotations") or {}).items() if k in wanted)),
+        node_selector=tuple(sorted((spec.get("nodeSelector") or {}).items())),
+        anti_affinity=any(t.get("topologyKey") == "kubernetes.io/hostname" for t in anti),
+        spread=spread,
     )
 
 

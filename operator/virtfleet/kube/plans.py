@@ -191,7 +191,19 @@ def _plan_vm(placed: Placed, ratios: Mapping[str, tuple[float, float]]) -> PlanV
         live_migratable=placed.live_migratable,
         priority=priority,
         dirty_rate_bps=dirty,
+        node_selector=placed.node_selector,
+        anti_affinity=placed.anti_affinity,
+        spread=placed.spread,
     )
+
+
+def _pool_nodes(namespace: str, placements: Iterable[Placed]) -> dict[str, list[str]]:
+    where: dict[str, list[str]] = {}
+    for placed in placements:
+        pool = dict(placed.labels).get(POOL_LABEL)
+        if pool and placed.node and placed.key.startswith(f"{namespace}/"):
+            where.setdefault(pool, []).append(placed.node)
+    return where
 
 
 def build_plan(
@@ -213,6 +225,7 @@ def build_plan(
         vms=selected,
         nodes=nodes,
         placed=[VMLoad(p.requests, p.node) for p in placements if p.node],
+        pool_nodes=_pool_nodes(namespace, placements),
         drain_nodes=frozenset(spec.nodes),
         target_selector=dict(spec.target_selector),
         cpu_threshold=spec.thresholds.cpu_ratio,
