@@ -455,6 +455,10 @@ def test_deployment_runs_locked_down(cluster: LocalCluster) -> None:
     assert env["VIRTFLEET_NAMESPACES"] == ""
     assert env["VIRTFLEET_METRICS_PORT"] == "9090"
     assert env["VIRTFLEET_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8080/healthz"
+    assert (
+        env["VIRTFLEET_KUBEVIRT_PARALLEL_MIGRATIONS"],
+        env["VIRTFLEET_KUBEVIRT_PARALLEL_OUTBOUND_PER_NODE"],
+    ) == ("5", "2")
     assert "POD_ID" in env
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 9090, "health": 8080}
