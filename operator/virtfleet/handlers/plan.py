@@ -3,8 +3,6 @@ indexes that tell it about its migrations and cold moves."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +11,7 @@ import kopf
 
 from virtfleet import GROUP, VERSION, metrics
 from virtfleet.core import plan_executor
+from virtfleet.handlers.worker import run_worker
 from virtfleet.kube.plans import (
     COLD_MOVE_ANNOTATION,
     PLAN_LABEL,
@@ -27,7 +26,6 @@ from virtfleet.kube.runtime import Runtime
 
 PLURAL = "migrationplans"
 KIND = "MigrationPlan"
-IDLE_WAIT = 300.0  # nothing due: sleep until an event wakes the worker (this bound only guards liveness)
 
 
 @kopf.index("kubevirt.io", "v1", "virtualmachineinstancemigrations", labels={PLAN_LABEL: kopf.PRESENT})
@@ -103,19 +101,12 @@ async def plan_worker(
     backoff or notBefore came due), never by polling."""
     runtime: Runtime = memo["runtime"]
     namespace = namespace or ""
-    trigger = runtime.plan_triggers[uid]
-    trigger.set()
+
+    async def reconcile() -> float | None:
+        return await _reconcile(runtime, body, namespace, name, uid, logger, kwargs)
+
     try:
-        while not stopped:
-            wake_in: float | None = None
-            if trigger.is_set():
-                trigger.clear()
-                wake_in = await _reconcile(runtime, body, namespace, name, uid, logger, kwargs)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(trigger.wait(), timeout=wake_in if wake_in is not None else IDLE_WAIT)
-                continue
-            if wake_in is not None:
-                trigger.set()
+        await run_worker(runtime.plan_triggers[uid], stopped, reconcile)
     finally:
         runtime.forget_plan(uid)
         metrics.forget_plan(namespace, name)

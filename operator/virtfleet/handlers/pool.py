@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import Any
 
 import kopf
 
 from virtfleet import GROUP, VERSION, metrics
+from virtfleet.handlers.worker import run_worker
 from virtfleet.kube.pools import PoolInputs, reconcile_pool
 from virtfleet.kube.runtime import Runtime
 from virtfleet.kube.templates import collect_unused_revisions
 
 PLURAL = "virtualmachinepools"
+KIND = "VirtualMachinePool"
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -46,56 +46,43 @@ async def pool_worker(
     templates: kopf.Index[Any, Any] = kwargs["templates"]
     revisions: kopf.Index[Any, Any] = kwargs["revisions"]
     pools_by_template: kopf.Index[Any, Any] = kwargs["pools_by_template"]
-    trigger = runtime.triggers[key]
-    trigger.set()
+
+    async def reconcile() -> float | None:
+        template_name = (body.get("spec") or {}).get("templateRef", {}).get("name", "")
+        runtime.use_template(key, template_name)
+        inputs = PoolInputs(
+            namespace=namespace,
+            name=name,
+            uid=str(body.metadata.uid),
+            generation=int(body.metadata.get("generation") or 0),
+            spec=dict(body.get("spec") or {}),
+            status=dict(body.get("status") or {}),
+            template=next(iter(templates.get((namespace, template_name), ())), None),
+            revisions=list(revisions.get((namespace, template_name), ())),
+            members=list(pool_members.get(key, ())),
+            placements=list(placements.get(None, ())),
+            nodes=list(nodes.get(None, ())),
+        )
+        started = time.monotonic()
+        try:
+            outcome = await reconcile_pool(runtime, inputs)
+        except Exception as error:  # a failed write: try again shortly, without a storm
+            metrics.RECONCILES.labels(KIND, "error").inc()
+            logger.warning(f"reconcile failed, retrying in 5s: {error}")
+            return 5.0
+        metrics.RECONCILES.labels(KIND, "ok").inc()
+        metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+        metrics.record_pool(namespace, name, outcome.status, int(inputs.spec.get("replicas", 0)))
+        for kind, reason, message in outcome.events:
+            kopf.event(body, type=kind, reason=reason, message=message)
+        if outcome.rollout_done_template:
+            await collect_unused_revisions(
+                runtime, namespace, outcome.rollout_done_template, revisions, pools_by_template, pool_members
+            )
+        return outcome.wake_in
+
     try:
-        while not stopped:
-            wake_in: float | None = None
-            if trigger.is_set():
-                trigger.clear()
-                template_name = (body.get("spec") or {}).get("templateRef", {}).get("name", "")
-                runtime.use_template(key, template_name)
-                inputs = PoolInputs(
-                    namespace=namespace,
-                    name=name,
-                    uid=str(body.metadata.uid),
-                    generation=int(body.metadata.get("generation") or 0),
-                    spec=dict(body.get("spec") or {}),
-                    status=dict(body.get("status") or {}),
-                    template=next(iter(templates.get((namespace, template_name), ())), None),
-                    revisions=list(revisions.get((namespace, template_name), ())),
-                    members=list(pool_members.get(key, ())),
-                    placements=list(placements.get(None, ())),
-                    nodes=list(nodes.get(None, ())),
-                )
-                started = time.monotonic()
-                try:
-                    outcome = await reconcile_pool(runtime, inputs)
-                except Exception as error:  # a failed write: try again shortly, without a storm
-                    metrics.RECONCILES.labels("VirtualMachinePool", "error").inc()
-                    logger.warning(f"reconcile failed, retrying in 5s: {error}")
-                    wake_in = 5.0
-                else:
-                    metrics.RECONCILES.labels("VirtualMachinePool", "ok").inc()
-                    metrics.RECONCILE_SECONDS.labels("VirtualMachinePool").observe(time.monotonic() - started)
-                    metrics.record_pool(namespace, name, outcome.status, int(inputs.spec.get("replicas", 0)))
-                    for kind, reason, message in outcome.events:
-                        kopf.event(body, type=kind, reason=reason, message=message)
-                    wake_in = outcome.wake_in
-                    if outcome.rollout_done_template:
-                        await collect_unused_revisions(
-                            runtime,
-                            namespace,
-                            outcome.rollout_done_template,
-                            revisions,
-                            pools_by_template,
-                            pool_members,
-                        )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(trigger.wait(), timeout=wake_in if wake_in is not None else 30.0)
-                continue
-            if wake_in is not None:
-                trigger.set()
+        await run_worker(runtime.triggers[key], stopped, reconcile)
     finally:
         runtime.forget(key)
         metrics.forget_pool(namespace, name)
