@@ -54,6 +54,9 @@ class Kind:
     columns: tuple[PrinterColumn, ...] = ()
     scale: bool = False
     extra_categories: tuple[str, ...] = field(default=())
+    # Names end up in label values (63 characters at most), so some kinds need shorter names.
+    name_max: int | None = None
+    name_why: str = ""
 
     @property
     def crd_name(self) -> str:
@@ -75,6 +78,8 @@ KINDS: tuple[Kind, ...] = (
         singular="vmtemplate",
         short_names=("vftemplate", "vftpl"),
         model=VMTemplate,
+        name_max=63,
+        name_why="it is the value of the virtfleet.io/template label on every VM",
         description="A reusable, versioned virtual machine definition for virtfleet pools.",
         columns=(
             PrinterColumn("vCPUs", "integer", ".status.vcpus", "vCPUs per VM"),
@@ -91,6 +96,8 @@ KINDS: tuple[Kind, ...] = (
         singular="virtualmachinepool",
         short_names=("vfpool",),
         model=VirtualMachinePool,
+        name_max=57,
+        name_why="VMs are named <pool>-<ordinal> and KubeVirt puts VM names in label values (63 at most)",
         description="A set of KubeVirt VirtualMachines built from one VMTemplate revision, with "
         "per-pool CPU and memory oversubscription.",
         columns=(
@@ -209,6 +216,14 @@ def crd(kind: Kind) -> JSON:
     # kstatus (Argo CD, Flux) reads a missing status as Current: default observedGeneration to 0, so a
     # new object is InProgress until the operator has reconciled its generation.
     schema["properties"]["status"]["default"] = {"observedGeneration": 0}
+    if kind.name_max is not None:
+        schema["x-kubernetes-validations"] = [
+            {
+                "rule": f"size(self.metadata.name) <= {kind.name_max}",
+                # No fieldPath: it may not point into metadata, whose schema the API server owns.
+                "message": f"metadata.name must be at most {kind.name_max} characters: {kind.name_why}",
+            }
+        ]
     subresources: JSON = {"status": {}}
     if kind.scale:
         subresources["scale"] = {

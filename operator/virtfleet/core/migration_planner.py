@@ -344,7 +344,7 @@ def _schedule(moves: list[Move], limits: Limits, wave_of: Mapping[str, int]) -> 
     outbound: dict[str, int] = defaultdict(int)
     inbound: dict[str, int] = defaultdict(int)
     per_pool: dict[str, int] = defaultdict(int)
-    current_wave = min(wave_of.values(), default=0)
+    current_wave = min((wave_of.get(m.vm, 0) for m in moves), default=0)
     wave_left: dict[int, int] = defaultdict(int)
     for move in moves:
         wave_left[wave_of.get(move.vm, 0)] += 1

@@ -40,11 +40,14 @@ def parse_quantity(text: str) -> Decimal:
         value = Decimal(number)
     except InvalidOperation as error:  # pragma: no cover - the regex admits only decimals
         raise QuantityError(f"{text!r} is not a Kubernetes quantity") from error
-    if exponent:
-        return value * (Decimal(10) ** int(exponent[1:]))
-    if suffix not in _SUFFIXES:
+    if suffix and suffix not in _SUFFIXES:
         raise QuantityError(f"{text!r} has an unknown suffix {suffix!r}")
-    return value * _SUFFIXES[suffix]
+    try:
+        if exponent:
+            return value * (Decimal(10) ** int(exponent[1:]))
+        return value * _SUFFIXES[suffix or ""]
+    except ArithmeticError as error:  # decimal.Overflow and friends: far outside any real quantity
+        raise QuantityError(f"{text!r} is out of range") from error
 
 
 def parse_bytes(text: str) -> int:

@@ -18,6 +18,7 @@ from virtfleet.core.quantity import QuantityError, parse_bytes
 M = TypeVar("M", bound=BaseModel)
 
 HUGEPAGE_BYTES = {"2Mi": 2 * 2**20, "1Gi": 2**30}
+MAX_GUEST = 2**50
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ def _semantic_problems(spec: VMTemplateSpec) -> list[Problem]:
     guest = _bytes(spec.memory.guest, "spec.memory.guest", problems)
     if guest is not None and guest <= 0:
         problems.append(Problem("spec.memory.guest", "must be greater than zero"))
+    if guest is not None and guest > MAX_GUEST:
+        problems.append(Problem("spec.memory.guest", "must be at most 1Pi"))
     if guest is not None and spec.memory.hugepages:
         page = HUGEPAGE_BYTES[spec.memory.hugepages]
         if guest % page:

@@ -175,7 +175,9 @@ def _plan_vm(placed: Placed, ratios: Mapping[str, tuple[float, float]]) -> PlanV
     cpu_ratio, memory_ratio = ratios.get(pool, (1.0, 1.0))
     try:
         dirty = float(parse_bytes(annotations["virtfleet.io/dirty-rate"]))
-    except (KeyError, QuantityError):
+        if not 0 <= dirty < float("inf"):
+            dirty = DEFAULT_DIRTY_RATE
+    except (KeyError, QuantityError, OverflowError):
         dirty = DEFAULT_DIRTY_RATE
     try:
         priority = int(annotations.get("virtfleet.io/priority", "0"))
@@ -218,7 +220,10 @@ def build_plan(
     options = spec.migration
     bandwidth = DEFAULT_BANDWIDTH
     if options.bandwidth_per_migration:
-        cap = parse_bytes(options.bandwidth_per_migration)
+        try:
+            cap = parse_bytes(options.bandwidth_per_migration)
+        except QuantityError:
+            cap = 0
         bandwidth = min(bandwidth, cap) if cap > 0 else bandwidth
     request = PlanRequest(
         goal=spec.goal,
