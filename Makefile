@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 WITH_CONTROLPLANE = bin_dir=$$(bash hack/controlplane/build.sh) && VIRTFLEET_BIN_DIR=$$bin_dir
 PYTEST_FLAGS ?=
 
-.PHONY: help venv controlplane kstatus chart crds lint format typecheck contracts test-unit test-integration e2e test demo demo-stop bench bench-twin bench-pools bench-planner clean
+.PHONY: help venv controlplane kstatus chart crds lint format typecheck contracts test-unit test-integration test-reliability e2e test demo demo-stop bench bench-twin bench-pools bench-operator bench-planner bench-report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -62,13 +62,26 @@ test: venv ## everything: lint, types, contracts, stale CRDs, unit, integration,
 	$(BIN)/lint-imports
 	$(WITH_CONTROLPLANE) $(BIN)/pytest tests e2e $(PYTEST_FLAGS)
 
+test-reliability: venv ## the full reliability suite: 10,000 fuzz examples per test, 20 fault trials (see docs/reliability.md)
+	$(WITH_CONTROLPLANE) VIRTFLEET_FUZZ_EXAMPLES=10000 VIRTFLEET_RELIABILITY_TRIALS=20 $(BIN)/pytest tests/reliability $(PYTEST_FLAGS)
+
 demo: venv ## start a local control plane + operator, apply examples/, show the result
 	$(WITH_CONTROLPLANE) $(BIN)/python hack/demo.py up
 
 demo-stop: venv ## stop everything `make demo` started
 	$(BIN)/python hack/demo.py down
 
-bench: bench-twin bench-pools bench-planner ## run every benchmark; figures go to bench/results/
+# Every benchmark, then one table. Results older than the run's start are reported stale, not used; a
+# failing benchmark does not stop the others (-k), but the run fails if anything is missing or missed.
+bench: venv ## run every benchmark, then one table: bench/results/latest.json and <date>.md
+	@start=$$(date +%s); load="$$(cut -d' ' -f1-3 /proc/loadavg)"; status=0; \
+	echo "bench: started $$(date -u '+%F %T') UTC, load average $$load"; \
+	$(MAKE) --no-print-directory -k bench-twin bench-pools bench-operator bench-planner || status=$$?; \
+	$(BIN)/python bench/report.py --since $$start --load-start "$$load" || status=$$?; \
+	exit $$status
+
+bench-report: venv ## the table from whatever bench/results/*.json hold now (no staleness check)
+	$(BIN)/python bench/report.py
 
 bench-planner: venv ## plan 10,000 VMs over 500 nodes; execute a 100-VM drain in the twin (concurrency)
 	$(WITH_CONTROLPLANE) $(BIN)/python bench/planner.py
@@ -78,6 +91,9 @@ bench-twin: venv ## simulated KubeVirt: 5,000 VMs on 100 nodes to Running
 
 bench-pools: venv ## operator vs raw client, 0 -> 1,000 VMs; idle writes with 1,000 VMs managed
 	$(WITH_CONTROLPLANE) $(BIN)/python bench/pool_scale.py
+
+bench-operator: venv ## operator peak RSS with 10 pools x 500 VMs; replicas change -> first VM create latency
+	$(WITH_CONTROLPLANE) $(BIN)/python bench/operator_scale.py
 
 e2e: venv ## the end-to-end suite alone (KUBECONFIG + VIRTFLEET_USE_EXISTING_CLUSTER=1 for a real cluster)
 	$(WITH_CONTROLPLANE) $(BIN)/pytest e2e $(PYTEST_FLAGS)

@@ -273,6 +273,27 @@ class LocalCluster:
         if self._owns_state_dir and not os.environ.get("VIRTFLEET_KEEP_STATE"):
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
+    def restart_apiserver(self, downtime: float) -> float:
+        """Stop kube-apiserver alone (SIGTERM, SIGKILL after 5 s), keep it down `downtime` seconds, start it
+        again with the same arguments (port, etcd, certificates); returns time.monotonic() once /readyz
+        answers. For reliability tests: clients see the API vanish and come back."""
+        process = next(p for p in self._processes if p.name == "kube-apiserver")
+        args = [str(a) for a in process.popen.args][1:]  # type: ignore[union-attr]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.popen.pid, signal.SIGTERM)
+        try:
+            process.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.popen.pid, signal.SIGKILL)
+            process.popen.wait()
+        process.log_file.close()
+        self._processes.remove(process)
+        time.sleep(downtime)
+        self._spawn("kube-apiserver", args)
+        self._wait(f"{self.server}/readyz", "kube-apiserver", time.monotonic() + 60, tls=True)
+        return time.monotonic()
+
     def __enter__(self) -> LocalCluster:
         return self
 
