@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import platform
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,12 @@ BENCHMARKS = {
     "planner": "make bench-planner",
 }
 NOT_RESULTS = {"latest.json"}
-COMPARISONS = {
-    "<=": lambda v, t: v <= t,
-    ">=": lambda v, t: v >= t,
-    "<": lambda v, t: v < t,
-    ">": lambda v, t: v > t,
-    "==": lambda v, t: v == t,
+COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+    "==": operator.eq,
 }
 NUMBER = r"-?\d[\d,_]*(?:\.\d+)?"
 
@@ -151,7 +153,7 @@ def main() -> int:
         "load_average_start": args.load_start,
         "load_average_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    report = {
+    report: dict[str, Any] = {
         "date": now.isoformat(timespec="seconds"),
         "run_started": datetime.fromtimestamp(args.since, UTC).isoformat(timespec="seconds") if args.since else None,
         "git_revision": git_revision(),
