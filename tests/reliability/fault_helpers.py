@@ -1,5 +1,6 @@
-"""Helpers for the fault-injection tests (test_fault_injection.py): the operator as a process that can be killed
-and restarted, Node objects without the simulation, object builders, and waits against the API."""
+"""Helpers for the fault-injection tests (test_fault_injection.py): the operator as a process that can
+be killed and restarted, Node objects without the simulation, object builders, and waits against the
+API."""
 
 from __future__ import annotations
 

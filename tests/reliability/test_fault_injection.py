@@ -243,8 +243,9 @@ async def test_kill_9_at_a_random_point_of_a_500_vm_scale_out(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (issue #7): after kube-apiserver returns, kopf's watches keep getting 429 'storage is "
-    "(re)initializing' and the operator has not converged within 30 s; strict, so a fix turns this red",
+    reason="known gap (issue #7): creates that got no answer (connection refused or reset) stay "
+    "expected for 60 s and nothing wakes the pool when they expire, so it never finishes the scale-out "
+    "(kube/pools.py); strict, so a fix turns this red",
 )
 async def test_kube_apiserver_restart_mid_scale_out(
     cluster: LocalCluster, kube: Kube, namespace: str, fleet_nodes: None, operator_process: OperatorProcess
@@ -272,8 +273,8 @@ async def test_kube_apiserver_restart_mid_scale_out(
         back: float = await asyncio.to_thread(restart, APISERVER_DOWNTIME)
     vms = await eventually(
         lambda: exactly(kube, namespace, APISERVER_SCALE_OUT),
-        60 + CONVERGENCE_AFTER_RETURN,
-        lambda: f"no convergence after the API server's return:\n{operator_process.tail()}",
+        CONVERGENCE_AFTER_RETURN,
+        lambda: f"no convergence within 30 s of the API server's return:\n{operator_process.tail()}",
     )
     converged_after = time.monotonic() - back
     report(
