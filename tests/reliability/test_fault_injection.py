@@ -241,12 +241,6 @@ async def test_kill_9_at_a_random_point_of_a_500_vm_scale_out(
 # -- 2. kube-apiserver stopped and started again mid-reconcile -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue #7): creates that got no answer (connection refused or reset) stay "
-    "expected for 60 s and nothing wakes the pool when they expire, so it never finishes the scale-out "
-    "(kube/pools.py); strict, so a fix turns this red",
-)
 async def test_kube_apiserver_restart_mid_scale_out(
     cluster: LocalCluster, kube: Kube, namespace: str, fleet_nodes: None, operator_process: OperatorProcess
 ) -> None:

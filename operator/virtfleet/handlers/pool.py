@@ -76,9 +76,18 @@ async def pool_worker(
         for kind, reason, message in outcome.events:
             kopf.event(body, type=kind, reason=reason, message=message)
         if outcome.rollout_done_template:
-            await collect_unused_revisions(
-                runtime, namespace, outcome.rollout_done_template, revisions, pools_by_template, pool_members
-            )
+            done = next(iter(templates.get((namespace, outcome.rollout_done_template), ())), None)
+            if done is not None and done.current_revision:
+                await collect_unused_revisions(
+                    runtime,
+                    namespace,
+                    outcome.rollout_done_template,
+                    revisions,
+                    pools_by_template,
+                    pool_members,
+                    done.current_revision,
+                    template_spec=done.spec,
+                )
         return outcome.wake_in
 
     try:

@@ -8,6 +8,7 @@ import kopf
 
 from virtfleet import GROUP, VERSION
 from virtfleet.api import reasons
+from virtfleet.kube.client import ApiException, namespace_terminating
 from virtfleet.kube.runtime import Runtime
 from virtfleet.kube.templates import collect_unused_revisions, reconcile_template
 
@@ -36,21 +37,27 @@ async def reconcile_vmtemplate(
         kwargs["pools_by_template"],
         kwargs["pool_members"],
     )
-    verdict = await reconcile_template(
-        runtime,
-        namespace,
-        name,
-        str(meta.get("uid", "")),
-        meta.get("generation"),
-        dict(spec),
-        dict(status),
-        revisions.get((namespace, name), ()),
-    )
+    try:
+        verdict = await reconcile_template(
+            runtime,
+            namespace,
+            name,
+            str(meta.get("uid", "")),
+            meta.get("generation"),
+            dict(spec),
+            dict(status),
+            revisions.get((namespace, name), ()),
+        )
+    except ApiException as error:
+        if namespace_terminating(error):
+            return  # the namespace's deletion takes the template with it
+        raise
     if verdict.status_patch:
         patch.status.update(verdict.status_patch)
         if not verdict.valid and "conditions" in verdict.status_patch:
             kopf.warn(body, reason=reasons.INVALID_SPEC, message=verdict.message)
     current = verdict.status_patch.get("currentRevision", status.get("currentRevision"))
-    await collect_unused_revisions(
-        runtime, namespace, name, revisions, pools_by_template, pool_members, current
-    )
+    if current:  # derived from this very spec when it is valid, so the spec itself need not be kept too
+        await collect_unused_revisions(
+            runtime, namespace, name, revisions, pools_by_template, pool_members, current
+        )

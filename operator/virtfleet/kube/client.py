@@ -23,7 +23,7 @@ THROTTLE_RETRIES = 10
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 
-__all__ = ["MERGE_PATCH", "ApiException", "Kube", "ResourceRef"]
+__all__ = ["MERGE_PATCH", "ApiException", "Kube", "ResourceRef", "namespace_terminating"]
 
 JSON = dict[str, Any]
 
@@ -75,6 +75,18 @@ def _retry_after(error: ApiException) -> float:
         return min(10.0, max(0.1, float(headers.get("Retry-After", "1"))))
     except ValueError:
         return 1.0
+
+
+def namespace_terminating(error: ApiException) -> bool:
+    """The API server refused to create something because its namespace is being deleted: nothing
+    to do there any more, not a failure worth a traceback or a retry."""
+    if error.status != 403:
+        return False
+    try:
+        causes = json.loads(error.body or "{}").get("details", {}).get("causes", [])
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
 
 
 class Kube:

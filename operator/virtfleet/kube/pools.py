@@ -36,7 +36,7 @@ from virtfleet.core.render import (
 )
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException
 from virtfleet.kube.facts import Placed, RevisionFacts, TemplateFacts
-from virtfleet.kube.runtime import PoolKey, Runtime
+from virtfleet.kube.runtime import EXPECTATION_TTL, PoolKey, Runtime
 
 log = logging.getLogger("virtfleet.pools")
 WRITE_CONCURRENCY = 16
@@ -175,6 +175,12 @@ async def reconcile_pool(runtime: Runtime, inputs: PoolInputs) -> Outcome:
         outcome.wake_in = max(1.0, deadline - (now - oldest).total_seconds() + 1)
     if not result.rolling and all(m.revision == revision.digest for m in members):
         outcome.rollout_done_template = spec.template_ref.name
+    # A create or delete the watch never shows expires after EXPECTATION_TTL; no event will come then,
+    # so look again when the oldest one is due.
+    in_flight = [*expectations.creates.values(), *expectations.deletes.values()]
+    if in_flight:
+        due = max(1.0, min(in_flight) + EXPECTATION_TTL - runtime.clock() + 1.0)
+        outcome.wake_in = due if outcome.wake_in is None else min(outcome.wake_in, due)
     return outcome
 
 
@@ -265,6 +271,12 @@ async def _execute(
                     ("Warning", reasons.FAILED_CREATE, f"{name}: {error.status} {error.reason}")
                 )
                 return
+            except BaseException:
+                # No answer (connection refused or reset, timeout, cancelled): whether the VM was made is
+                # unknown. Expect nothing: the watch shows it if it was, and otherwise the retry creates
+                # it (a second create of the same name is refused, so nothing is duplicated).
+                expectations.creates.pop(name, None)
+                raise
         outcome.events.append(("Normal", reasons.SUCCESSFUL_CREATE, f"created VirtualMachine {name}"))
 
     async def delete(member: Member) -> None:
@@ -276,6 +288,9 @@ async def _execute(
                 if error.status not in (404, 409):
                     expectations.deletes.pop(member.name, None)
                     raise
+            except BaseException:
+                expectations.deletes.pop(member.name, None)  # no answer: unknown, as for creates
+                raise
         outcome.events.append(("Normal", reasons.SUCCESSFUL_DELETE, f"deleted VirtualMachine {member.name}"))
 
     async def live_update(member: Member) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from virtfleet.core.revisions import revision_hash
 from virtfleet.core.templates import TemplateVerdict, evaluate_template
+from virtfleet.core.validation import validate_template
 from virtfleet.kube.facts import RevisionFacts
 from virtfleet.kube.revisions import collect_garbage, ensure_revision
 from virtfleet.kube.runtime import Runtime
@@ -62,14 +63,21 @@ async def collect_unused_revisions(
     revisions: Mapping[Any, Iterable[RevisionFacts]],
     pools_by_template: Mapping[Any, Iterable[tuple[str, frozenset[str]]]],
     members: Mapping[Any, Iterable[Any]],
-    current: str | None = None,
+    current: str,
+    template_spec: Mapping[str, Any] | None = None,
 ) -> list[str]:
+    """Delete the template's revisions nothing needs. `current` is the template's current revision as
+    its status says (never guessed: a template set back to an earlier spec reuses that spec's older,
+    lower-numbered revision), and the revision of `template_spec` (the spec as last seen, which may be
+    newer than that status) is kept too."""
     known = list(revisions.get((namespace, template), ()))
     if not known:
         return []
-    if current is None:
-        current = max(known, key=lambda r: r.number).digest
     keep = revisions_in_use(
         namespace, template, current, pools_by_template.get((namespace, template), ()), members
     )
+    if template_spec is not None:
+        parsed, problems = validate_template(template_spec)
+        if parsed is not None and not problems:
+            keep.add(revision_hash(parsed.model_dump(mode="json", by_alias=True)))
     return await collect_garbage(runtime.kube, namespace, known, keep)
