@@ -117,7 +117,10 @@ def test_effective_ratios_never_exceed_the_configured_ones(
         )
         capacity = Capacity(nodes, placed)
         before = len(placed)
-        capacity.place([VMLoad(requests)] * result.creatable, nodes, cpu_ratio, memory_ratio)
+        assert (
+            capacity.fill(VMLoad(requests), nodes, cpu_ratio, memory_ratio, result.creatable)
+            == result.creatable
+        )
         for name, usage in capacity.usage.items():
             facts = capacity.nodes[name]
             assert effective_cpu_ratio(facts, usage) <= cpu_ratio + 1e-9
@@ -169,3 +172,89 @@ def test_numa_passthrough_vms_must_fit_one_cell() -> None:
     result = plan_capacity([two_cells], [], 0, 5, requests, {"kubevirt.io/cpumanager": "true"}, 1, 1)
     # The node has 8 cores and 16Gi of hugepages for 2 VMs of 3 cores / 5Gi, but each cell fits only one.
     assert result.creatable == 2
+
+
+def place_one_by_one(
+    capacity: Capacity, load: VMLoad, nodes: list[NodeFacts], ratios: tuple[float, float], limit: int
+) -> int:
+    """The straightforward greedy `Capacity.fill` must agree with: every copy tries every node and takes
+    the one with the most free memory."""
+    placed = 0
+    while placed < limit:
+        fitting = [(n, c) for n in nodes if (c := capacity.fits(n, load, *ratios)) is not None]
+        if not fitting:
+            break
+        target, cell = max(
+            fitting,
+            key=lambda nc: ((nc[0].memory - capacity.usage[nc[0].name].memory) / nc[0].memory, nc[0].name),
+        )
+        capacity.usage[target.name].add(load, cell if load.requests.numa_passthrough else None)
+        placed += 1
+    return placed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 64), st.integers(1, 256), st.integers(0, 3), st.booleans(), st.integers(0, 2)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 16),
+    st.integers(0, 32 * GIB),
+    st.integers(0, 4),
+    st.sampled_from([0, GIB, 2 * GIB]),
+    st.booleans(),
+    ratios,
+    ratios,
+    st.lists(st.tuples(st.integers(0, 5), st.integers(1, 8), st.integers(1, 16)), max_size=12),
+    st.integers(0, 40),
+    st.integers(0, 200),
+)
+def test_filling_node_by_node_counts_what_one_by_one_placement_does(
+    node_shapes: list[tuple[int, int, int, bool, int]],
+    vcpus: int,
+    memory: int,
+    dedicated_cores: int,
+    hugepages: int,
+    numa: bool,
+    cpu_ratio: float,
+    memory_ratio: float,
+    existing: list[tuple[int, int, int]],
+    unplaced: int,
+    wanted: int,
+) -> None:
+    """Same count, NUMA cells, dedicated cores, hugepages and existing VMs included, for the pool's two
+    steps (its unplaced VMs first, then the new ones)."""
+    from virtfleet.core.capacity import Cell
+    from virtfleet.core.kubevirt import LauncherRequests
+
+    nodes = []
+    for i, (cores, mem_gib, cells, cpumanager, taken) in enumerate(node_shapes):
+        labels = {"kubevirt.io/cpumanager": "true"} if cpumanager else {}
+        numa_cells = tuple(Cell(max(cores // max(cells, 1), 1), 4 * GIB, 0) for _ in range(cells))
+        nodes.append(NodeFacts(f"n{i}", labels, cores * 1000 + taken * 250, mem_gib * GIB,
+                               hugepages_1gi=4 * GIB * cells, cells=numa_cells))  # fmt: skip
+    per_vm = LauncherRequests(
+        cpu_millis=dedicated_cores * 1000 or vcpus * 100,
+        memory_bytes=memory + GIB // 4,
+        hugepages_1gi_bytes=hugepages,
+        dedicated_cores=dedicated_cores,
+        vcpus=dedicated_cores or vcpus,
+        guest_memory_bytes=memory,
+        numa_passthrough=numa,
+    )
+    placed = [
+        VMLoad(LauncherRequests(cpu_millis=c * 100, memory_bytes=m * GIB, vcpus=c, guest_memory_bytes=m * GIB),
+               f"n{n % len(nodes)}")
+        for n, c, m in existing
+    ]  # fmt: skip
+    load, both = VMLoad(per_vm), (cpu_ratio, memory_ratio)
+    eligible = Capacity(nodes, placed).eligible({}, per_vm.dedicated)
+    fast, slow = Capacity(nodes, placed), Capacity(nodes, placed)
+    assert fast.fill(load, eligible, *both, unplaced) == place_one_by_one(
+        slow, load, eligible, both, unplaced
+    )
+    assert fast.fill(load, eligible, *both, wanted) == place_one_by_one(slow, load, eligible, both, wanted)

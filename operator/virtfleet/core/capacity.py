@@ -206,25 +206,22 @@ class Capacity:
                 return index
         return None
 
-    def place(
-        self, loads: Iterable[VMLoad], nodes: list[NodeFacts], cpu_ratio: float, memory_ratio: float
+    def fill(
+        self, load: VMLoad, nodes: list[NodeFacts], cpu_ratio: float, memory_ratio: float, limit: int
     ) -> int:
-        """Place as many `loads` as fit (most free memory first, then name); return how many."""
+        """Add copies of `load` to `nodes` until `limit` are placed or none fits; return how many.
+
+        Copies are identical and nodes independent, so each node takes copies until the next does not fit
+        (usage only grows, so that one never fits later), node by node: the count is the same as trying
+        every node for every copy, in time linear in nodes plus copies instead of their product."""
         placed = 0
-        for load in loads:
-            best: tuple[float, str, int] | None = None
-            for node in nodes:
+        for node in nodes:
+            while placed < limit:
                 cell = self.fits(node, load, cpu_ratio, memory_ratio)
                 if cell is None:
-                    continue
-                free = (node.memory - self.usage[node.name].memory) / max(node.memory, 1)
-                if best is None or (free, node.name) > (best[0], best[1]):
-                    best = (free, node.name, cell)
-            if best is None:
-                return placed
-            _, name, cell = best
-            self.usage[name].add(load, cell if load.requests.numa_passthrough else None)
-            placed += 1
+                    break
+                self.usage[node.name].add(load, cell if load.requests.numa_passthrough else None)
+                placed += 1
         return placed
 
 
@@ -267,8 +264,8 @@ def plan_capacity(
     committed_memory = sum(capacity.usage[n.name].guest_memory for n in eligible)
     memory = sum(n.memory for n in eligible)
     load = VMLoad(per_vm)
-    capacity.place([load] * unplaced, eligible, cpu_ratio, memory_ratio)
-    creatable = capacity.place([load] * wanted, eligible, cpu_ratio, memory_ratio)
+    capacity.fill(load, eligible, cpu_ratio, memory_ratio, unplaced)
+    creatable = capacity.fill(load, eligible, cpu_ratio, memory_ratio, wanted)
     message = ""
     if creatable < wanted:
         message = (

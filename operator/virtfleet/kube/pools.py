@@ -33,6 +33,7 @@ from virtfleet.core.render import (
     pool_hash,
     pool_selector,
     render_vm,
+    vm_name,
 )
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException
 from virtfleet.kube.facts import Placed, RevisionFacts, TemplateFacts
@@ -257,10 +258,12 @@ async def _execute(
     tname = spec.template_ref.name
 
     async def create(ordinal: int) -> None:
-        vm = render_vm(context, tname, revision.digest, template, ordinal)
-        name = vm["metadata"]["name"]
+        name = vm_name(context.name, ordinal)
         expectations.creates[name] = runtime.clock()
         async with semaphore:
+            # Rendered only once a write slot is free: a 500-VM scale-out then holds at most
+            # WRITE_CONCURRENCY rendered bodies at a time, not all 500.
+            vm = render_vm(context, tname, revision.digest, template, ordinal)
             try:
                 await kube.create(VIRTUAL_MACHINES, inputs.namespace, vm)
             except ApiException as error:
