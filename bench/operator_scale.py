@@ -52,7 +52,7 @@ from virtfleet.kube.client import (
 )
 from virtfleet.localcluster import LocalCluster
 from virtfleet.localcluster.cluster import free_port
-from virtfleet.localcluster.testing import CRDS, KUBEVIRT_CRDS
+from virtfleet.localcluster.testing import CRDS, KUBEVIRT_CRDS, stop
 
 FLEET_NS = "bench-fleet"
 SMALL_NS = "bench-small"
@@ -375,12 +375,7 @@ async def measure(
             if operator.poll() is not None:
                 raise RuntimeError(f"the operator exited: {log.read_text()[-3000:]}")
     finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
+        stop(operator, grace=30)
     return {
         "operator_peak_rss": {
             "value": round(peak, 1), "unit": "MiB",

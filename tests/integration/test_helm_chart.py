@@ -10,8 +10,6 @@ import os
 import re
 import ssl
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -26,7 +24,7 @@ from test_pools import pool, settled, template
 from twin_helpers import apply, get_json, wait_for
 
 from virtfleet.localcluster import LocalCluster
-from virtfleet.localcluster.cluster import free_port
+from virtfleet.localcluster.testing import running_operator
 
 pytestmark = pytest.mark.integration
 
@@ -651,53 +649,16 @@ def operator_as(
     """`virtfleet run` (standalone, or with kopf peering) authenticated only by the release's token;
     yields its metrics URL.
     Any request the API server refuses that identity, as logged by kopf or the operator, fails the caller."""
-    health = f"http://127.0.0.1:{free_port()}/healthz"
-    metrics_port = free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(release.kubeconfig),
-        "VIRTFLEET_METRICS_PORT": str(metrics_port),
-        "VIRTFLEET_NAMESPACES": ",".join(namespaces),
-    }
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "virtfleet",
-                "run",
-                "--liveness",
-                health,
-                *(["--peering", peering] if peering else ["--standalone"]),
-            ],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, log.read_text()
-                with (
-                    contextlib.suppress(urllib.error.URLError, OSError),
-                    urllib.request.urlopen(health, timeout=1) as response,
-                ):
-                    if response.status == 200:
-                        break
-                assert time.monotonic() < deadline, f"operator never became healthy:\n{log.read_text()}"
-                time.sleep(0.2)
-            yield f"http://127.0.0.1:{metrics_port}/metrics"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            # Checked even when the caller failed: a refusal is then the likely cause, so it is reported
-            # first (the caller's error follows as the context).
-            refusals = rbac_refusals(log.read_text())
-            assert not refusals, "the API server refused the operator:\n" + "\n".join(refusals[:10])
+    env = {"VIRTFLEET_NAMESPACES": ",".join(namespaces)}
+    mode = ["--peering", peering] if peering else ["--standalone"]
+    try:
+        with running_operator(release.kubeconfig, log, *mode, env=env, health_timeout=30) as metrics_url:
+            yield metrics_url
+    finally:
+        # Checked even when the caller failed: a refusal is then the likely cause, so it is reported
+        # first (the caller's error follows as the context).
+        refusals = rbac_refusals(log.read_text())
+        assert not refusals, "the API server refused the operator:\n" + "\n".join(refusals[:10])
 
 
 def rbac_refusals(log: str) -> list[str]:

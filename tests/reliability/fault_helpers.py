@@ -32,6 +32,7 @@ from virtfleet.kube.client import (
     ResourceRef,
 )
 from virtfleet.localcluster import LocalCluster
+from virtfleet.localcluster.testing import stop
 
 T = TypeVar("T")
 
@@ -94,14 +95,8 @@ class OperatorProcess:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop(self.process)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

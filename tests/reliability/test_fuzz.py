@@ -37,7 +37,7 @@ from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core.capacity import Cell, NodeFacts, VMLoad
 from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests, launcher_requests
 from virtfleet.core.migration_planner import Limits, Move, PlanRequest, PlanVM, Timing, plan_migrations
-from virtfleet.core.quantity import parse_bytes, parse_millicores
+from virtfleet.api.quantity import parse_bytes, parse_millicores
 from virtfleet.core.render import (
     POOL_LABEL,
     PoolContext,
@@ -959,7 +959,8 @@ def _handler_case(bandwidth: str | None = None, dirty_rate: str | None = None) -
 
 
 @FUZZ
-@example(inputs=_handler_case(bandwidth="1.2.3"), ratios={})  # QuantityError from the spec
+@example(inputs=_handler_case(bandwidth="1n"), ratios={})  # the smallest bandwidth admission allows
+@example(inputs=_handler_case(bandwidth="1Pi"), ratios={})  # the largest
 @example(inputs=_handler_case(dirty_rate="-5"), ratios={})  # precopy.ModelError from a VMI annotation
 @example(inputs=_handler_case(dirty_rate="1e400"), ratios={})  # OverflowError from a VMI annotation
 @given(

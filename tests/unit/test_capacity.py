@@ -18,7 +18,7 @@ from virtfleet.core.capacity import (
     plan_capacity,
 )
 from virtfleet.core.kubevirt import launcher_requests
-from virtfleet.core.quantity import parse_bytes, parse_millicores
+from virtfleet.api.quantity import parse_bytes, parse_millicores
 from virtfleet.core.render import PoolContext, render_vm
 
 GIB = 2**30

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtfleet.core.quantity import QuantityError, parse_bytes, parse_millicores, parse_quantity
+from virtfleet.api.quantity import QuantityError, parse_bytes, parse_millicores, parse_quantity
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,59 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 
-# Kubernetes resource.Quantity in its canonical string forms ("4Gi", "1500m", "2", "1e3").
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+from virtfleet.api.quantity import QuantityError, parse_quantity
 
-Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, min_length=1, max_length=64)]
+# Kubernetes resource.Quantity as its parser reads it: a decimal, then a binary or decimal suffix or an
+# exponent ("4Gi", "1500m", "2", "1e3").
+QUANTITY_PATTERN = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+QUANTITY_MAX = "1Pi"
+_QUANTITY_RULE = {
+    "rule": f"isQuantity(self) && quantity(self).isGreaterThan(quantity('0')) && "
+    f"!quantity(self).isGreaterThan(quantity('{QUANTITY_MAX}'))",
+    "message": f"must be a quantity greater than 0 and at most {QUANTITY_MAX}, e.g. 4Gi",
+}
+
+
+def _positive_bounded(text: str) -> str:
+    """The same bounds as the CEL rule, so the operator re-checks what admission checks."""
+    try:
+        value = parse_quantity(text)
+    except QuantityError as error:
+        raise ValueError(str(error)) from None
+    if not 0 < value <= parse_quantity(QUANTITY_MAX):
+        raise ValueError(_QUANTITY_RULE["message"])
+    return text
+
+
+# Any quantity Kubernetes parses, zero included (the twin's node shapes).
+AnyQuantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, min_length=1, max_length=64)]
+# Memory, disk sizes, bandwidth: a positive quantity no larger than QUANTITY_MAX. The pattern alone
+# admits zero, negatives and 1e400; CEL's quantity library (Kubernetes >= 1.29) bounds them at admission.
+Quantity = Annotated[
+    str,
+    StringConstraints(pattern=QUANTITY_PATTERN, min_length=1, max_length=64),
+    AfterValidator(_positive_bounded),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": QUANTITY_PATTERN,
+            "minLength": 1,
+            "maxLength": 64,
+            "x-kubernetes-validations": [dict(_QUANTITY_RULE)],
+        }
+    ),
+]
 # RFC 1123 label: what Kubernetes accepts for names of disks, interfaces and most objects.
 DNSLabel = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", min_length=1, max_length=63)
@@ -27,11 +73,28 @@ ObjectName = Annotated[
 ]
 
 
+# Label and annotation keys: an optional DNS-subdomain prefix and "/", then a name of at most 63
+# characters (no backslashes, so the same text is a valid CEL string literal).
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+_KEY = Annotated[str, StringConstraints(pattern=QUALIFIED_NAME, max_length=317)]
+# Kubernetes schemas cannot constrain map keys (crd.py drops propertyNames), so CEL checks them.
+_KEYS_RULE = {
+    "rule": f"self.all(k, k.matches('{QUALIFIED_NAME}'))",
+    "message": "keys must be label keys: an optional DNS prefix and '/', then at most 63 characters "
+    "of letters, digits, '-', '_' or '.', e.g. example.com/team",
+}
+
 LabelMap = Annotated[
-    dict[
-        Annotated[str, StringConstraints(max_length=317)], Annotated[str, StringConstraints(max_length=1024)]
-    ],
-    Field(max_length=64),
+    dict[_KEY, Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)]],
+    Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [dict(_KEYS_RULE)]}),
+]
+AnnotationMap = Annotated[
+    dict[_KEY, Annotated[str, StringConstraints(max_length=1024)]],
+    Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [dict(_KEYS_RULE)]}),
 ]
 
 

@@ -191,8 +191,14 @@ def _convert(node: JSON, defs: JSON, path: str) -> JSON:
             if isinstance(value, dict):
                 out["additionalProperties"] = _convert(value, defs, f"{path}{{}}")
         elif key == "propertyNames":
-            # Kubernetes schemas cannot constrain map keys; the value constraints still apply.
+            # Kubernetes schemas cannot constrain map keys (a CEL rule on the map does, where needed);
+            # the value constraints still apply.
             continue
+        elif key == "patternProperties":
+            # pydantic's form of a map with constrained keys; structural schemas know only
+            # additionalProperties, so the key pattern goes (as for propertyNames) and the values stay.
+            (values,) = value.values()
+            out["additionalProperties"] = _convert(values, defs, f"{path}{{}}")
         elif key == "const":
             out["enum"] = [value]
         else:

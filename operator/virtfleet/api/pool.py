@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from virtfleet.api.base import BaseStatus, Conditions, LabelMap, Model, ObjectName, cel
+from virtfleet.api.base import AnnotationMap, BaseStatus, Conditions, LabelMap, Model, ObjectName, cel
 from virtfleet.api.vmtemplate import CPUModel, EvictionStrategy, RunStrategy
 
 RevisionHash = Annotated[str, StringConstraints(pattern=r"^[a-f0-9]{10}$")]
@@ -78,7 +78,9 @@ class Overrides(Model):
     """The bounded set of template fields a pool may change."""
 
     labels: LabelMap = Field(default_factory=dict, description="Extra labels on the pool's VMs.")
-    annotations: LabelMap = Field(default_factory=dict, description="Extra annotations on the pool's VMs.")
+    annotations: AnnotationMap = Field(
+        default_factory=dict, description="Extra annotations on the pool's VMs."
+    )
     cpu_model: CPUModel | None = Field(default=None, description="Replace the template's CPU model.")
     eviction_strategy: EvictionStrategy | None = Field(
         default=None, description="Replace the template's evictionStrategy."

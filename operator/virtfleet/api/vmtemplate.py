@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from virtfleet.api.base import BaseStatus, DNSLabel, LabelMap, Model, ObjectName, Quantity, cel
+from virtfleet.api.base import AnnotationMap, BaseStatus, DNSLabel, LabelMap, Model, ObjectName, Quantity, cel
 
 RunStrategy = Literal["Always", "Halted", "Manual", "RerunOnFailure", "Once"]
 EvictionStrategy = Literal["LiveMigrate", "LiveMigrateIfPossible", "External", "None"]
@@ -234,7 +234,7 @@ class VMTemplateSpec(Model):
     )
     cloud_init: CloudInit | None = Field(default=None, description="cloud-init user data.")
     labels: LabelMap = Field(default_factory=dict, description="Labels copied onto every VM.")
-    annotations: LabelMap = Field(default_factory=dict, description="Annotations copied onto every VM.")
+    annotations: AnnotationMap = Field(default_factory=dict, description="Annotations copied onto every VM.")
     eviction_strategy: EvictionStrategy = Field(
         default="LiveMigrate", description="What KubeVirt does with the VM when its node is drained."
     )

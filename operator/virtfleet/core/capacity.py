@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtfleet.api.quantity import QuantityError, parse_bytes, parse_millicores
 from virtfleet.core.cpulist import parse_cpu_list
 from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests
-from virtfleet.core.quantity import QuantityError, parse_bytes, parse_millicores
 
 NUMA_ANNOTATION = "virtfleet.io/numa-topology"
 

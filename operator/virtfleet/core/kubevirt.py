@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from virtfleet.core.quantity import QuantityError, parse_bytes, parse_millicores
+from virtfleet.api.quantity import QuantityError, parse_bytes, parse_millicores
 
 MIB = 2**20
 DEFAULT_CPU_ALLOCATION_RATIO = 10

@@ -16,9 +16,9 @@ from typing import Any
 
 from virtfleet import API_VERSION
 from virtfleet.api.pool import VirtualMachinePoolSpec
+from virtfleet.api.quantity import parse_bytes
 from virtfleet.api.vmtemplate import Disk, Interface, VMTemplateSpec
 from virtfleet.core.kubevirt import CPUMANAGER_LABEL
-from virtfleet.core.quantity import parse_bytes
 from virtfleet.core.revisions import revision_hash
 
 POOL_LABEL = "virtfleet.io/pool"

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.api.vmtemplate import VMTemplateSpec
-from virtfleet.core.quantity import QuantityError, parse_bytes
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -3,7 +3,6 @@ indexes that tell it about its migrations and cold moves."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +10,7 @@ import kopf
 
 from virtfleet import GROUP, VERSION, metrics
 from virtfleet.core import plan_executor
-from virtfleet.handlers.worker import run_worker
+from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker
 from virtfleet.kube.plans import (
     COLD_MOVE_ANNOTATION,
     PLAN_LABEL,
@@ -143,23 +142,16 @@ async def _reconcile(
         cold_moves=list(indexes["cold_moves"].get(uid, ())),
         in_flight=list(indexes["migrations_in_flight"].get(None, ())),
     )
-    started = time.monotonic()
-    try:
-        outcome = await reconcile_plan(runtime, inputs)
-    except Exception as error:  # a failed write: try again shortly, without a storm
-        metrics.RECONCILES.labels(KIND, "error").inc()
-        logger.warning(f"reconcile failed, retrying in 5s: {error}")
-        return 5.0
-    metrics.RECONCILES.labels(KIND, "ok").inc()
-    metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+    outcome = await measured(KIND, logger, reconcile_plan(runtime, inputs))
+    if outcome is None:
+        return RETRY_AFTER_FAILURE
     phase = outcome.status.get("phase")
     if phase in (plan_executor.PLAN_RUNNING, plan_executor.PLAN_PAUSED):
         runtime.running_plans[uid] = namespace
     else:
         runtime.running_plans.pop(uid, None)
     metrics.record_plan(namespace, name, outcome.status, outcome.finished)
-    for kind, reason, message in outcome.events:
-        kopf.event(body, type=kind, reason=reason, message=message)
+    post_events(body, outcome.events)
     if outcome.wake_at is None:
         return None
     return max(0.0, (outcome.wake_at - datetime.now(UTC)).total_seconds()) + 0.05

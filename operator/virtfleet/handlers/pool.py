@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import kopf
 
 from virtfleet import GROUP, VERSION, metrics
-from virtfleet.handlers.worker import run_worker
+from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker
 from virtfleet.kube.pools import PoolInputs, reconcile_pool
 from virtfleet.kube.runtime import Runtime
 from virtfleet.kube.templates import collect_unused_revisions
@@ -63,18 +62,11 @@ async def pool_worker(
             placements=list(placements.get(None, ())),
             nodes=list(nodes.get(None, ())),
         )
-        started = time.monotonic()
-        try:
-            outcome = await reconcile_pool(runtime, inputs)
-        except Exception as error:  # a failed write: try again shortly, without a storm
-            metrics.RECONCILES.labels(KIND, "error").inc()
-            logger.warning(f"reconcile failed, retrying in 5s: {error}")
-            return 5.0
-        metrics.RECONCILES.labels(KIND, "ok").inc()
-        metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+        outcome = await measured(KIND, logger, reconcile_pool(runtime, inputs))
+        if outcome is None:
+            return RETRY_AFTER_FAILURE
         metrics.record_pool(namespace, name, outcome.status, int(inputs.spec.get("replicas", 0)))
-        for kind, reason, message in outcome.events:
-            kopf.event(body, type=kind, reason=reason, message=message)
+        post_events(body, outcome.events)
         if outcome.rollout_done_template:
             done = next(iter(templates.get((namespace, outcome.rollout_done_template), ())), None)
             if done is not None and done.current_revision:

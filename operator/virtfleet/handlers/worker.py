@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import kopf
 
+from virtfleet import metrics
+
 IDLE_WAIT = 300.0  # nothing due: wait for an event (this bound only keeps the loop looking at `stopped`)
+RETRY_AFTER_FAILURE = 5.0  # a failed write: try again shortly, without a storm
+
+Outcome = TypeVar("Outcome")
 
 
 async def run_worker(
@@ -27,3 +34,23 @@ async def run_worker(
             continue
         if wake_in is not None:
             trigger.set()
+
+
+async def measured(kind: str, logger: kopf.Logger, attempt: Awaitable[Outcome]) -> Outcome | None:
+    """Run one reconcile pass, counted and timed in the metrics; None when it failed (logged, and the
+    caller retries in RETRY_AFTER_FAILURE)."""
+    started = time.monotonic()
+    try:
+        outcome = await attempt
+    except Exception as error:
+        metrics.RECONCILES.labels(kind, "error").inc()
+        logger.warning(f"reconcile failed, retrying in {RETRY_AFTER_FAILURE:g}s: {error}")
+        return None
+    metrics.RECONCILES.labels(kind, "ok").inc()
+    metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
+    return outcome
+
+
+def post_events(body: kopf.Body, events: Iterable[tuple[str, str, str]]) -> None:
+    for kind, reason, message in events:
+        kopf.event(body, type=kind, reason=reason, message=message)

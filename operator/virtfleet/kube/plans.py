@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from virtfleet import API_VERSION
 from virtfleet.api import reasons
 from virtfleet.api.migrationplan import MAX_LISTED, MigrationPlanSpec
+from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.core import conditions, plan_executor
 from virtfleet.core.capacity import NodeFacts, VMLoad
 from virtfleet.core.migration_planner import Limits, Plan, PlanRequest, PlanVM, Timing, plan_migrations
@@ -37,7 +38,6 @@ from virtfleet.core.plan_executor import (
     StopForColdMove,
     World,
 )
-from virtfleet.core.quantity import QuantityError, parse_bytes
 from virtfleet.core.render import POOL_LABEL
 from virtfleet.kube.client import (
     MIGRATION_PLANS,

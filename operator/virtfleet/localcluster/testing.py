@@ -10,11 +10,15 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtfleet.localcluster.cluster import ControlPlaneError, LocalCluster
+from virtfleet.localcluster.cluster import ControlPlaneError, LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO / "crds"
@@ -75,8 +79,6 @@ def session_cluster() -> Iterator[SessionCluster]:
 def twin_process(kubeconfig: Path, fleet: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`virtfleet twin run` (the simulated KubeVirt) as its own process, stopped afterwards; a traceback
     in its log fails the caller."""
-    import sys
-
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "virtfleet", "twin", "run", "--fleet", str(fleet)],
@@ -87,11 +89,64 @@ def twin_process(kubeconfig: Path, fleet: Path, log: Path) -> Iterator[subproces
         try:
             yield process
         finally:
-            process.terminate()
-            process.wait(timeout=20)
+            stop(process)
     text = log.read_text()
     if "Traceback" in text:
         raise ControlPlaneError(f"the twin logged a traceback:\n{text[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `grace` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running_operator(
+    kubeconfig: Path, log: Path, *args: str, env: Mapping[str, str] | None = None, health_timeout: float = 60
+) -> Iterator[str]:
+    """`virtfleet run *args` as users start it, once its liveness endpoint answers; yields its metrics
+    URL and stops it afterwards. Exiting early or never becoming healthy fails the caller with its log."""
+    health = f"http://127.0.0.1:{free_port()}/healthz"
+    metrics_port = free_port()
+    environment = {
+        **os.environ,
+        **(env or {}),
+        "KUBECONFIG": str(kubeconfig),
+        "VIRTFLEET_METRICS_PORT": str(metrics_port),
+    }
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "virtfleet", "run", "--liveness", health, *args],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + health_timeout
+        while not _answers(health):
+            if process.poll() is not None:
+                raise ControlPlaneError(f"the operator exited with {process.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"the operator never became healthy:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{metrics_port}/metrics"
+    finally:
+        stop(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def promtool() -> Path:

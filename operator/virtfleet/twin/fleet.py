@@ -16,11 +16,11 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from virtfleet.api.base import Model, Quantity
+from virtfleet.api.base import AnyQuantity, Model
+from virtfleet.api.quantity import parse_bytes
 from virtfleet.core.capacity import NUMA_ANNOTATION
 from virtfleet.core.cpulist import format_cpu_list, parse_cpu_list
 from virtfleet.core.kubevirt import CPUMANAGER_LABEL
-from virtfleet.core.quantity import parse_bytes
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -34,9 +34,9 @@ class NumaCell(Model):
     """One NUMA cell of a node."""
 
     cpus: Annotated[str, StringConstraints(pattern=r"^[0-9,\- ]+$")] = Field(description="Linux cpu list.")
-    memory: Quantity = Field(description="Memory in this cell.")
-    hugepages_2mi: Quantity = Field(default="0", alias="hugepages2Mi", description="2Mi hugepages here.")
-    hugepages_1gi: Quantity = Field(default="0", alias="hugepages1Gi", description="1Gi hugepages here.")
+    memory: AnyQuantity = Field(description="Memory in this cell.")
+    hugepages_2mi: AnyQuantity = Field(default="0", alias="hugepages2Mi", description="2Mi hugepages here.")
+    hugepages_1gi: AnyQuantity = Field(default="0", alias="hugepages1Gi", description="1Gi hugepages here.")
 
 
 class Taint(Model):
@@ -54,18 +54,18 @@ class NodeGroup(Model):
     count: int | None = Field(default=None, ge=1, le=10000, description="Make this many nodes.")
     zone: str = Field(default="zone-a", description="topology.kubernetes.io/zone.")
     cpu: int = Field(ge=1, le=4096, description="Physical CPUs (cores x threads the kernel sees).")
-    memory: Quantity = Field(description="Memory capacity.")
-    hugepages_2mi: Quantity = Field(default="0", alias="hugepages2Mi", description="2Mi hugepages total.")
-    hugepages_1gi: Quantity = Field(default="0", alias="hugepages1Gi", description="1Gi hugepages total.")
+    memory: AnyQuantity = Field(description="Memory capacity.")
+    hugepages_2mi: AnyQuantity = Field(default="0", alias="hugepages2Mi", description="2Mi hugepages total.")
+    hugepages_1gi: AnyQuantity = Field(default="0", alias="hugepages1Gi", description="1Gi hugepages total.")
     reserved_cpu: int = Field(default=0, ge=0, description="CPUs reserved for the system (not allocatable).")
-    reserved_memory: Quantity = Field(default="0", description="Memory reserved for the system.")
+    reserved_memory: AnyQuantity = Field(default="0", description="Memory reserved for the system.")
     cpu_manager: bool = Field(default=False, description="Static CPU manager: can host dedicated CPUs.")
     numa: list[NumaCell] = Field(default_factory=list, description="NUMA cells; one cell when empty.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels.")
     taints: list[Taint] = Field(default_factory=list, description="Taints.")
     unschedulable: bool = Field(default=False, description="Cordoned.")
     ready: bool = Field(default=True, description="Ready condition.")
-    migration_bandwidth: Quantity | None = Field(
+    migration_bandwidth: AnyQuantity | None = Field(
         default=None, description="Migration link speed, bytes/s; the fleet default when unset."
     )
 
@@ -86,7 +86,7 @@ class ClusterSettings(Model):
     cpu_allocation_ratio: float = Field(default=10, gt=0, description="KubeVirt cpuAllocationRatio.")
     parallel_migrations_per_cluster: int = Field(default=5, ge=1, description="KubeVirt default 5.")
     parallel_outbound_migrations_per_node: int = Field(default=2, ge=1, description="KubeVirt default 2.")
-    bandwidth_per_migration: Quantity = Field(default="0", description="0 = unlimited (the link).")
+    bandwidth_per_migration: AnyQuantity = Field(default="0", description="0 = unlimited (the link).")
     completion_timeout_per_gib: int = Field(
         default=150, ge=1, alias="completionTimeoutPerGiB", description="KubeVirt default 150 s/GiB."
     )
@@ -101,8 +101,8 @@ class ClusterSettings(Model):
 class Defaults(Model):
     """Simulation defaults, overridable per VM by annotation."""
 
-    dirty_rate: Quantity = Field(default="50Mi", description="Guest memory dirtied per second, bytes.")
-    migration_bandwidth: Quantity = Field(default="1250M", description="Link speed, bytes/s (10 Gbit/s).")
+    dirty_rate: AnyQuantity = Field(default="50Mi", description="Guest memory dirtied per second, bytes.")
+    migration_bandwidth: AnyQuantity = Field(default="1250M", description="Link speed, bytes/s (10 Gbit/s).")
     migration_setup_seconds: float = Field(default=2.0, ge=0, description="Target pod start-up.")
     boot_seconds: float = Field(default=1.0, ge=0, description="Scheduled -> Running.")
     node_failure_grace_seconds: float = Field(

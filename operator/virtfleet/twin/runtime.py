@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.core import precopy
 from virtfleet.core.kubevirt import SpecError, launcher_requests
-from virtfleet.core.quantity import QuantityError, parse_bytes
 from virtfleet.kube.client import (
     MIGRATION_POLICIES,
     MIGRATIONS,

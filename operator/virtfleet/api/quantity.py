@@ -1,4 +1,4 @@
-"""Kubernetes resource quantities as exact numbers."""
+"""Kubernetes resource quantities as exact numbers (the API models refuse what does not parse)."""
 
 from __future__ import annotations
 
