@@ -33,11 +33,11 @@ from virtfleet.api.base import QUANTITY_PATTERN
 from virtfleet.api.crd import KINDS, openapi_schema
 from virtfleet.api.migrationplan import MigrationPlanSpec, MigrationPlanStatus
 from virtfleet.api.pool import VirtualMachinePoolSpec
+from virtfleet.api.quantity import parse_bytes, parse_millicores
 from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core.capacity import Cell, NodeFacts, VMLoad
 from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests, launcher_requests
 from virtfleet.core.migration_planner import Limits, Move, PlanRequest, PlanVM, Timing, plan_migrations
-from virtfleet.api.quantity import parse_bytes, parse_millicores
 from virtfleet.core.render import (
     POOL_LABEL,
     PoolContext,

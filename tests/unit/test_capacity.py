@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from virtfleet.api.pool import VirtualMachinePoolSpec
+from virtfleet.api.quantity import parse_bytes, parse_millicores
 from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core.capacity import (
     Capacity,
@@ -18,7 +19,6 @@ from virtfleet.core.capacity import (
     plan_capacity,
 )
 from virtfleet.core.kubevirt import launcher_requests
-from virtfleet.api.quantity import parse_bytes, parse_millicores
 from virtfleet.core.render import PoolContext, render_vm
 
 GIB = 2**30

@@ -163,8 +163,8 @@ class Twin:
                 version = listing["metadata"]["resourceVersion"]
 
     def _report(self, key: tuple[str, str], error: Exception) -> None:
-        if isinstance(error, ApiException) and error.status == 409:
-            return  # a stale write: the next event brings the fresh object
+        if isinstance(error, ApiException) and error.status in (404, 409):
+            return  # gone meanwhile, or a stale write: the next event brings the news
         log.error("%s: reconciling %s %s failed: %s", BANNER, key[0], key[1], error)
 
     # -- event handlers (update caches, enqueue work) -------------------------------------------------
