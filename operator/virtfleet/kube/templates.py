@@ -71,11 +71,12 @@ async def collect_unused_revisions(
     lower-numbered revision), and the revision of `template_spec` (the spec as last seen, which may be
     newer than that status) is kept too."""
     known = list(revisions.get((namespace, template), ()))
-    if not known:
+    pools = list(pools_by_template.get((namespace, template), ()))
+    # The usual case, checked without walking every member of every pool (thousands, on each reconcile
+    # of a rolled-out pool): every revision is current or pinned or used by some pool.
+    if {r.digest for r in known} <= {current}.union(*(used for _, used in pools)):
         return []
-    keep = revisions_in_use(
-        namespace, template, current, pools_by_template.get((namespace, template), ()), members
-    )
+    keep = revisions_in_use(namespace, template, current, pools, members)
     if template_spec is not None:
         parsed, problems = validate_template(template_spec)
         if parsed is not None and not problems:
