@@ -63,6 +63,22 @@ def _problems(spec: dict[str, Any]) -> dict[str, str]:
             "spec.disks[1].bootOrder",
             "already used",
         ),
+        (
+            lambda s: s.update(interfaces=[{"name": "a", "type": "nat"}, {"name": "b", "type": "nat"}]),
+            "spec.interfaces",
+            "at most one interface may be nat, not a, b",
+        ),
+        (lambda s: s["memory"].update(guest="0"), "spec.memory.guest", "greater than 0"),
+        (  # found by fuzzing: the rendered VM had two disks named cloudinit
+            lambda s: (
+                s.update(cloudInit={"userData": "#cloud-config"}),
+                s["disks"].append({"name": "cloudinit", "source": {"blank": True}, "size": "1Gi"}),
+            ),
+            "spec.disks[1].name",
+            "taken by the cloud-init disk",
+        ),
+        (lambda s: s.update(labels={"tëam": "web"}), "spec.labels.tëam.[key]", "pattern"),
+        (lambda s: s.update(labels={"team": "x" * 64}), "spec.labels.team", "at most 63"),
     ],
 )
 def test_problems_name_the_field(example: dict[str, Any], change: Any, field: str, words: str) -> None:

@@ -15,6 +15,10 @@ HTTPURL = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_len
 CPUModel = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
+# The rendered VM's cloud-init disk and volume; no template disk may share the name when cloudInit is set.
+CLOUD_INIT_DISK = "cloudinit"
+
+
 class CPU(Model):
     """Guest CPU topology and placement policy. vCPUs = sockets x cores x threads."""
 
@@ -205,7 +209,17 @@ class VMTemplateSpec(Model):
             " (self.cpu.policy == 'dedicated' && has(self.memory.hugepages))",
             "message": "numa.guestMappingPassthrough requires cpu.policy 'dedicated' and memory.hugepages",
             "fieldPath": ".numa.guestMappingPassthrough",
-        }
+        },
+        {
+            "rule": f"!has(self.cloudInit) || !self.disks.exists(d, d.name == '{CLOUD_INIT_DISK}')",
+            "message": f"the disk name '{CLOUD_INIT_DISK}' is taken by the cloud-init disk when cloudInit is set",
+            "fieldPath": ".disks",
+        },
+        {
+            "rule": "!has(self.interfaces) || self.interfaces.filter(i, i.type == 'nat').size() <= 1",
+            "message": "at most one interface may be nat: a VM has one pod network",
+            "fieldPath": ".interfaces",
+        },
     )
 
     description: Annotated[str, StringConstraints(max_length=1024)] | None = Field(

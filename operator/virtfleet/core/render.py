@@ -17,7 +17,7 @@ from typing import Any
 from virtfleet import API_VERSION
 from virtfleet.api.pool import VirtualMachinePoolSpec
 from virtfleet.api.quantity import parse_bytes
-from virtfleet.api.vmtemplate import Disk, Interface, VMTemplateSpec
+from virtfleet.api.vmtemplate import CLOUD_INIT_DISK, Disk, Interface, VMTemplateSpec
 from virtfleet.core.kubevirt import CPUMANAGER_LABEL
 from virtfleet.core.revisions import revision_hash
 
@@ -161,13 +161,13 @@ def render_vm(
             {"name": d.name, "deviceName": d.device_name} for d in template.host_devices
         ]
     if template.cloud_init:
-        devices["disks"].append({"name": "cloudinit", "disk": {"bus": "virtio"}})
+        devices["disks"].append({"name": CLOUD_INIT_DISK, "disk": {"bus": "virtio"}})
         no_cloud: dict[str, Any] = (
             {"userData": template.cloud_init.user_data}
             if template.cloud_init.user_data is not None
             else {"secretRef": {"name": template.cloud_init.user_data_secret_ref.name}}  # type: ignore[union-attr]
         )
-        volumes.append({"name": "cloudinit", "cloudInitNoCloud": no_cloud})
+        volumes.append({"name": CLOUD_INIT_DISK, "cloudInitNoCloud": no_cloud})
 
     vmi_spec: dict[str, Any] = {
         "domain": {"cpu": domain_cpu, "memory": memory, "resources": resources, "devices": devices},

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from virtfleet.api.quantity import QuantityError, parse_bytes
-from virtfleet.api.vmtemplate import VMTemplateSpec
+from virtfleet.api.vmtemplate import CLOUD_INIT_DISK, VMTemplateSpec
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -98,6 +98,19 @@ def _semantic_problems(spec: VMTemplateSpec) -> list[Problem]:
                     )
                 )
             boot_orders[disk.boot_order] = disk.name
+    # Admission's CEL rule says the same; checked here too for objects stored before it, or on clusters
+    # that skip CEL.
+    if spec.cloud_init is not None:
+        for index, disk in enumerate(spec.disks):
+            if disk.name == CLOUD_INIT_DISK:
+                problems.append(
+                    Problem(
+                        f"spec.disks[{index}].name", f"{CLOUD_INIT_DISK!r} is taken by the cloud-init disk"
+                    )
+                )
+    nat = [i.name for i in spec.interfaces if i.type == "nat"]
+    if len(nat) > 1:
+        problems.append(Problem("spec.interfaces", f"at most one interface may be nat, not {', '.join(nat)}"))
     return problems
 
 
