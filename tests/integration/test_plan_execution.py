@@ -239,9 +239,8 @@ def test_cold_moves_stop_re_place_and_start(cluster: LocalCluster, namespace: st
     assert status["phase"] == "Succeeded", status
     assert migrations(cluster, namespace) == []  # no live migration
     after = vmis(cluster, namespace)
-    assert all(
-        v["status"]["nodeName"] != "exe-2" and v["status"]["phase"] == "Running" for v in after.values()
-    )
+    where = {n: (v["status"].get("nodeName"), v["status"].get("phase")) for n, v in after.items()}
+    assert all(node != "exe-2" and phase == "Running" for node, phase in where.values()), where
     assert all(after[n]["metadata"]["uid"] != uid for n, uid in before.items())  # new instances: restarted
     assert all(v["actualDowntimeSeconds"] > 0 and v["method"] == "cold" for v in status["vms"])
     # Each VM has its runStrategy back and no pin to the target left behind.

@@ -201,6 +201,10 @@ def test_cold_move_stages() -> None:
                                     vmi_nodes={"vm-0": "n0"}), controls).actions == []  # fmt: skip
     gone = step("plan", plan, World(T0, cold={"vm-0": cold("vm-0", "stopping", True)}), controls)
     assert gone.actions == [StartAfterColdMove("vm-0")] and gone.vms[0].phase == "Stopping"
+    # Scheduled on n1 but still booting: not moved until it runs there.
+    booting = step("plan", plan, World(T0, cold={"vm-0": cold("vm-0", "starting", False)},
+                                       vmi_nodes={"vm-0": "n1"}, booting=frozenset({"vm-0"})), controls)  # fmt: skip
+    assert booting.actions == [] and booting.vms[0].phase == "Starting"
     running = step("plan", plan, World(T0, cold={"vm-0": cold("vm-0", "starting", False)},
                                        vmi_nodes={"vm-0": "n1"}), controls)  # fmt: skip
     assert running.actions == [FinishColdMove("vm-0")]

@@ -134,6 +134,8 @@ class World:
     attempts: Mapping[str, Sequence[Attempt]] = field(default_factory=dict)  # by VM, any order
     cold: Mapping[str, ColdMove] = field(default_factory=dict)  # by VM
     vmi_nodes: Mapping[str, str | None] = field(default_factory=dict)  # VM -> node; absent: no VMI
+    # VMs whose VMI has a node but is not Running yet (Scheduled, booting): not moved yet.
+    booting: frozenset[str] = frozenset()
     # Migrations outside this plan that KubeVirt counts against its limits.
     other_in_flight: int = 0
     other_outbound: Mapping[str, int] = field(default_factory=dict)
@@ -316,7 +318,8 @@ def _cold_actions(state: VMState, world: World, stopping: bool) -> list[Action]:
     if give_up:
         return [FinishColdMove(entry.name, failure=give_up)]
     if node == entry.target:
-        return [FinishColdMove(entry.name)]
+        # Done once it runs there: a VMI only scheduled may still fail to boot, and its downtime lasts.
+        return [] if entry.name in world.booting else [FinishColdMove(entry.name)]
     if node != entry.source:
         return [FinishColdMove(entry.name, failure=f"started on {node} instead of {entry.target}")]
     return []  # still the old instance, on its way out

@@ -57,6 +57,7 @@ class Placed:
     node_selector: tuple[tuple[str, str], ...] = ()
     anti_affinity: bool = False  # a required pod anti-affinity on the hostname
     spread: tuple[str, int] | None = None  # the first DoNotSchedule topology spread: (key, maxSkew)
+    running: bool = False  # status.phase Running (a placed VMI may still be Scheduled, booting)
 
 
 def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | None:
@@ -96,6 +97,7 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         node_selector=tuple(sorted((spec.get("nodeSelector") or {}).items())),
         anti_affinity=any(t.get("topologyKey") == "kubernetes.io/hostname" for t in anti),
         spread=spread,
+        running=status.get("phase") == "Running",
     )
 
 

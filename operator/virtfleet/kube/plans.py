@@ -492,11 +492,14 @@ def entries_of(status: Mapping[str, Any]) -> list[Entry]:
 def world_of(runtime: Runtime, inputs: PlanInputs) -> World:
     prefix = f"{inputs.namespace}/"
     vmi_nodes: dict[str, str | None] = {}
+    booting: set[str] = set()
     node_of_vmi: dict[str, str | None] = {}
     for placed in inputs.placements:
         node_of_vmi[placed.key] = placed.node
         if placed.key.startswith(prefix):
             vmi_nodes[placed.key[len(prefix) :]] = placed.node
+            if placed.node and not placed.running:
+                booting.add(placed.key[len(prefix) :])
     attempts: dict[str, list[Attempt]] = {}
     for attempt in inputs.attempts:
         attempts.setdefault(attempt.vm, []).append(attempt)
@@ -519,6 +522,7 @@ def world_of(runtime: Runtime, inputs: PlanInputs) -> World:
         attempts=attempts,
         cold={m.vm: m for m in inputs.cold_moves},
         vmi_nodes=vmi_nodes,
+        booting=frozenset(booting),
         other_in_flight=other,
         other_outbound=other_outbound,
         expected=expected,
