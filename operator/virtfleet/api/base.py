@@ -27,6 +27,7 @@ _QUANTITY_RULE = {
     f"!quantity(self).isGreaterThan(quantity('{QUANTITY_MAX}'))",
     "message": f"must be a quantity greater than 0 and at most {QUANTITY_MAX}, e.g. 4Gi",
 }
+_QUANTITY_CEILING = parse_quantity(QUANTITY_MAX)
 
 
 def _positive_bounded(text: str) -> str:
@@ -35,7 +36,7 @@ def _positive_bounded(text: str) -> str:
         value = parse_quantity(text)
     except QuantityError as error:
         raise ValueError(str(error)) from None
-    if not 0 < value <= parse_quantity(QUANTITY_MAX):
+    if not 0 < value <= _QUANTITY_CEILING:
         raise ValueError(_QUANTITY_RULE["message"])
     return text
 

@@ -12,13 +12,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from virtfleet.api.quantity import QuantityError, parse_bytes
+from virtfleet.api.quantity import parse_bytes
 from virtfleet.api.vmtemplate import CLOUD_INIT_DISK, VMTemplateSpec
 
 M = TypeVar("M", bound=BaseModel)
 
 HUGEPAGE_BYTES = {"2Mi": 2 * 2**20, "1Gi": 2**30}
-MAX_GUEST = 2**50
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,9 @@ def validate_template(data: Mapping[str, Any] | None) -> tuple[VMTemplateSpec | 
 
 def _semantic_problems(spec: VMTemplateSpec) -> list[Problem]:
     problems: list[Problem] = []
-    guest = _bytes(spec.memory.guest, "spec.memory.guest", problems)
-    if guest is not None and guest <= 0:
-        problems.append(Problem("spec.memory.guest", "must be greater than zero"))
-    if guest is not None and guest > MAX_GUEST:
-        problems.append(Problem("spec.memory.guest", "must be at most 1Pi"))
-    if guest is not None and spec.memory.hugepages:
+    # The model's Quantity type has parsed every quantity and bounded it to (0, 1Pi] already.
+    guest = parse_bytes(spec.memory.guest)
+    if spec.memory.hugepages:
         page = HUGEPAGE_BYTES[spec.memory.hugepages]
         if guest % page:
             problems.append(
@@ -74,21 +70,13 @@ def _semantic_problems(spec: VMTemplateSpec) -> list[Problem]:
                     f"{spec.memory.guest} is not a whole number of {spec.memory.hugepages} hugepages",
                 )
             )
-    if spec.memory.max_guest is not None:
-        ceiling = _bytes(spec.memory.max_guest, "spec.memory.maxGuest", problems)
-        if guest is not None and ceiling is not None and ceiling < guest:
-            problems.append(
-                Problem("spec.memory.maxGuest", f"{spec.memory.max_guest} is less than memory.guest")
-            )
+    if spec.memory.max_guest is not None and parse_bytes(spec.memory.max_guest) < guest:
+        problems.append(Problem("spec.memory.maxGuest", f"{spec.memory.max_guest} is less than memory.guest"))
     boot_orders: dict[int, str] = {}
     for index, disk in enumerate(spec.disks):
         where = f"spec.disks[{index}]"
         if disk.size is None and disk.source.container_image is None:
             problems.append(Problem(f"{where}.size", f"disk {disk.name!r} needs a size for its source"))
-        elif disk.size is not None:
-            size = _bytes(disk.size, f"{where}.size", problems)
-            if size is not None and size <= 0:
-                problems.append(Problem(f"{where}.size", "must be greater than zero"))
         if disk.boot_order is not None:
             if disk.boot_order in boot_orders:
                 problems.append(
@@ -112,11 +100,3 @@ def _semantic_problems(spec: VMTemplateSpec) -> list[Problem]:
     if len(nat) > 1:
         problems.append(Problem("spec.interfaces", f"at most one interface may be nat, not {', '.join(nat)}"))
     return problems
-
-
-def _bytes(text: str, field: str, problems: list[Problem]) -> int | None:
-    try:
-        return parse_bytes(text)
-    except QuantityError as error:
-        problems.append(Problem(field, str(error)))
-        return None
