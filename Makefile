@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 WITH_CONTROLPLANE = bin_dir=$$(bash hack/controlplane/build.sh) && VIRTFLEET_BIN_DIR=$$bin_dir
 PYTEST_FLAGS ?=
 
+.PHONY: kind-images kind-up kind-e2e kind-down test-local
 .PHONY: help venv controlplane kstatus chart crds lint format typecheck contracts test-unit test-integration test-reliability e2e test demo demo-stop bench bench-twin bench-pools bench-operator bench-planner bench-report clean
 
 help: ## list the targets
@@ -55,12 +56,31 @@ test-unit: venv ## pure unit tests
 test-integration: venv ## tests against the real local control plane
 	$(WITH_CONTROLPLANE) $(BIN)/pytest tests/integration $(PYTEST_FLAGS)
 
-test: venv ## everything: lint, types, contracts, stale CRDs, unit, integration, e2e
+test: test-local kind-e2e ## everything: lint, types, contracts, stale CRDs, unit, integration, e2e locally and on kind
+
+test-local: venv ## everything that needs no container engine: lint, types, contracts, unit, integration, local e2e
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	cd hack/kind && CGO_ENABLED=0 go test ./cmd/capfilter/
 	$(WITH_CONTROLPLANE) $(BIN)/pytest tests e2e $(PYTEST_FLAGS)
+
+# The kind cluster (docs/kind.md): every image built here from pinned sources, nothing pulled.
+kind-images: ## build (or reuse from ~/.cache/virtfleet) kind, the node image and the operator image
+	$(PYTHON) hack/kind/build.py all
+
+kind-up: ## a 3-node kind cluster, KubeVirt's CRDs, the operator installed by its Helm charts (starts Docker if needed)
+	$(PYTHON) hack/kind/cluster.py up
+
+kind-e2e: venv kind-up ## the e2e suite against the kind cluster, operator in-cluster
+	$(WITH_CONTROLPLANE) && PATH=$$bin_dir:$$PATH VIRTFLEET_HELM=$$bin_dir/helm \
+	  KUBECONFIG=$$($(PYTHON) hack/kind/cluster.py kubeconfig) \
+	  VIRTFLEET_USE_EXISTING_CLUSTER=1 VIRTFLEET_E2E_IN_CLUSTER=1 VIRTFLEET_E2E_OPERATOR=external \
+	  $(BIN)/pytest e2e/kind $(PYTEST_FLAGS)
+
+kind-down: ## delete the kind cluster; stop the Docker engine if kind-up started it
+	$(PYTHON) hack/kind/cluster.py down
 
 test-reliability: venv ## the full reliability suite: 10,000 fuzz examples per test, 20 fault trials (see docs/reliability.md)
 	$(WITH_CONTROLPLANE) VIRTFLEET_FUZZ_EXAMPLES=10000 VIRTFLEET_RELIABILITY_TRIALS=20 $(BIN)/pytest tests/reliability $(PYTEST_FLAGS)

@@ -12,6 +12,9 @@ from virtfleet.localcluster.testing import SessionCluster, running_operator, twi
 
 REPO = Path(__file__).resolve().parents[1]
 
+# e2e/kind needs a cluster where the operator runs in-cluster, installed by its chart (`make kind-e2e`).
+collect_ignore = [] if os.environ.get("VIRTFLEET_E2E_IN_CLUSTER") == "1" else ["kind"]
+
 
 @pytest.fixture(scope="session")
 def kubevirt(test_cluster: SessionCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

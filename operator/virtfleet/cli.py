@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             namespaces=settings.namespaces,
             standalone=settings.standalone,
             peering_name=None if settings.standalone else settings.peering_name,
+            priority=0 if settings.standalone else settings.priority_at(time.time_ns() // 1_000_000),
             liveness_endpoint=settings.liveness_endpoint or None,
             memo=kopf.Memo(settings=settings),
         )

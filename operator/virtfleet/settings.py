@@ -33,6 +33,10 @@ class Settings:
     # VIRTFLEET_PEERING_NAME): it needs kopf's peering CRDs and object, and without them kopf would pause.
     standalone: bool = True
     peering_name: str = "virtfleet"
+    # kopf runs the peer of highest priority and pauses the others; equal priorities pause everyone.
+    # None: derived from the start time (peering_priority_at), so the replica that started first leads
+    # and a replacement pod waits as the standby instead of taking over.
+    peering_priority: int | None = None
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     metrics_port: int = 9090  # 0: no metrics endpoint
     default_cpu_ratio: float = 1.0
@@ -46,6 +50,12 @@ class Settings:
     field_manager: str = "virtfleet"
     verbose: bool = False
     annotations_prefix: str = "virtfleet.io"
+
+    def priority_at(self, started_epoch_ms: int) -> int:
+        """This replica's peering priority: the set one, else earlier start = higher priority."""
+        if self.peering_priority is not None:
+            return self.peering_priority
+        return 10**13 - started_epoch_ms
 
     @property
     def clusterwide(self) -> bool:
@@ -85,6 +95,14 @@ class Settings:
             if not port.isdigit() or not 0 <= int(port) < 65536:
                 raise SettingsError(f"VIRTFLEET_METRICS_PORT={port!r} is not a TCP port (0 disables metrics)")
             values["metrics_port"] = int(port)
+        priority = env.get("VIRTFLEET_PEERING_PRIORITY")
+        if priority:
+            try:
+                values["peering_priority"] = int(priority)
+            except ValueError as error:
+                raise SettingsError(
+                    f"VIRTFLEET_PEERING_PRIORITY={priority!r} is not a whole number"
+                ) from error
         values.update({k: v for k, v in overrides.items() if v is not None})
         if overrides.get("peering_name") and overrides.get("standalone") is None:
             values["standalone"] = False  # naming a peering asks for it

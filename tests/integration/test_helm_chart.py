@@ -408,6 +408,7 @@ def test_crd_chart_renders_the_generated_crds_with_the_keep_policy(cluster: Loca
 BAD_VALUES = [
     (["--set", "replicaCount=x"], "replicaCount"),
     (["--set", "replicaCount=2"], "replicaCount"),
+    (["--set", "operator.standalone=false", "--set", "replicaCount=4"], "replicaCount"),
     (["--set", "replicas=1"], "replicas"),
     (["--set", "operator.watchNamespaces={Not_A_Namespace}"], "watchNamespaces"),
     (["--set", "operator.defaultCpuRatio=0.5"], "defaultCpuRatio"),
@@ -478,9 +479,17 @@ def test_deployment_runs_locked_down(cluster: LocalCluster) -> None:
                 "operator.watchNamespaces={a,b}",
                 "--set",
                 "metrics.enabled=false",
+                "--set",
+                "replicaCount=2",
             )
         )
     )
+    # A hot standby: the new pod starts before the old one stops, and waits as the lower-priority peer.
+    assert peering["spec"]["replicas"] == 2
+    assert peering["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     (container,) = peering["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["--peering=fleet"]
     env = {e["name"]: e.get("value") for e in container["env"]}

@@ -38,3 +38,13 @@ def test_environment_then_flags() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+
+
+def test_peering_priority_the_oldest_replica_leads_unless_set() -> None:
+    derived = Settings.from_env({"VIRTFLEET_PEERING_NAME": "vf"})
+    # kopf runs the highest priority: a replica started earlier outranks its replacement.
+    assert derived.priority_at(1_000) > derived.priority_at(2_000) > 0
+    fixed = Settings.from_env({"VIRTFLEET_PEERING_NAME": "vf", "VIRTFLEET_PEERING_PRIORITY": "7"})
+    assert fixed.priority_at(1_000) == fixed.priority_at(2_000) == 7
+    with pytest.raises(SettingsError, match="VIRTFLEET_PEERING_PRIORITY"):
+        Settings.from_env({"VIRTFLEET_PEERING_PRIORITY": "high"})
