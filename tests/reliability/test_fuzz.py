@@ -31,21 +31,15 @@ from pydantic import BaseModel, ValidationError
 
 from virtfleet.api.base import QUANTITY_PATTERN
 from virtfleet.api.crd import KINDS, openapi_schema
+from virtfleet.api.labels import CPUMANAGER_LABEL, POOL_LABEL
 from virtfleet.api.migrationplan import MigrationPlanSpec, MigrationPlanStatus
 from virtfleet.api.pool import VirtualMachinePoolSpec
 from virtfleet.api.quantity import parse_bytes, parse_millicores
 from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core.capacity import Cell, NodeFacts, VMLoad
-from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests, launcher_requests
+from virtfleet.core.kubevirt import LauncherRequests, launcher_requests
 from virtfleet.core.migration_planner import Limits, Move, PlanRequest, PlanVM, Timing, plan_migrations
-from virtfleet.core.render import (
-    POOL_LABEL,
-    PoolContext,
-    RenderError,
-    check_compatible,
-    render_vm,
-    vm_name,
-)
+from virtfleet.core.render import PoolContext, RenderError, check_compatible, render_vm, vm_name
 from virtfleet.core.validation import validate_template
 from virtfleet.kube.facts import Placed
 from virtfleet.kube.plans import build_plan, plan_status

@@ -16,11 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtfleet.api.labels import CPUMANAGER_LABEL, NUMA_ANNOTATION
 from virtfleet.api.quantity import QuantityError, parse_bytes, parse_millicores
 from virtfleet.core.cpulist import parse_cpu_list
-from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests
-
-NUMA_ANNOTATION = "virtfleet.io/numa-topology"
+from virtfleet.core.kubevirt import LauncherRequests
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ class ResourceRef:
     namespaced: bool = True
 
     @property
+    def gvr(self) -> tuple[str, str, str]:
+        """(group, version, plural): what kopf's decorators take, so handlers name no resource twice."""
+        return self.group, self.version, self.plural
+
+    @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 

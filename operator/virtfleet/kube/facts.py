@@ -8,9 +8,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from virtfleet.api.labels import (
+    DIRTY_RATE_ANNOTATION,
+    HOSTNAME_LABEL,
+    ORDINAL_LABEL,
+    POOL_HASH_ANNOTATION,
+    PRIORITY_ANNOTATION,
+    REVISION_LABEL,
+)
 from virtfleet.core.kubevirt import LauncherRequests, SpecError, launcher_requests
 from virtfleet.core.pools import Member
-from virtfleet.core.render import ORDINAL_LABEL, POOL_HASH_ANNOTATION, REVISION_LABEL
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -77,7 +84,7 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         ),
         True,
     )
-    wanted = {"virtfleet.io/dirty-rate", "virtfleet.io/priority"}
+    wanted = {DIRTY_RATE_ANNOTATION, PRIORITY_ANNOTATION}
     spec = body.get("spec") or {}
     anti = ((spec.get("affinity") or {}).get("podAntiAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"
@@ -95,7 +102,7 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         live_migratable=migratable,
         annotations=tuple(sorted((k, v) for k, v in (meta.get("annotations") or {}).items() if k in wanted)),
         node_selector=tuple(sorted((spec.get("nodeSelector") or {}).items())),
-        anti_affinity=any(t.get("topologyKey") == "kubernetes.io/hostname" for t in anti),
+        anti_affinity=any(t.get("topologyKey") == HOSTNAME_LABEL for t in anti),
         spread=spread,
         running=status.get("phase") == "Running",
     )

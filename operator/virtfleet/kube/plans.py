@@ -21,6 +21,19 @@ from pydantic import ValidationError
 
 from virtfleet import API_VERSION
 from virtfleet.api import reasons
+from virtfleet.api.labels import (
+    ATTEMPT_LABEL,
+    COLD_MOVE_ANNOTATION,
+    CORDONED_BY_ANNOTATION,
+    DIRTY_RATE_ANNOTATION,
+    HOSTNAME_LABEL,
+    NAMESPACE_NAME_LABEL,
+    PLAN_ANNOTATION,
+    PLAN_LABEL,
+    POOL_LABEL,
+    PRIORITY_ANNOTATION,
+    VM_ANNOTATION,
+)
 from virtfleet.api.migrationplan import MAX_LISTED, MigrationPlanSpec
 from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.core import conditions, plan_executor
@@ -38,7 +51,6 @@ from virtfleet.core.plan_executor import (
     StopForColdMove,
     World,
 )
-from virtfleet.core.render import POOL_LABEL
 from virtfleet.kube.client import (
     MIGRATION_PLANS,
     MIGRATION_POLICIES,
@@ -57,14 +69,6 @@ log = logging.getLogger(__name__)
 DEFAULT_DIRTY_RATE = 50 * 2**20
 DEFAULT_BANDWIDTH = 1.25e9
 PLANNED = "Planned"
-# The label that ties migrations, VMIs (for the MigrationPolicy) and cold moves to a plan: its UID,
-# because a plan's name can be longer than a label value.
-PLAN_LABEL = "virtfleet.io/migration-plan"
-ATTEMPT_LABEL = "virtfleet.io/attempt"
-VM_ANNOTATION = "virtfleet.io/vm"
-COLD_MOVE_ANNOTATION = "virtfleet.io/cold-move"
-CORDONED_BY_ANNOTATION = "virtfleet.io/cordoned-by"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
 STATUS_INTERVAL = 1.0  # seconds between status writes of a running plan, unless its phase changes
 
 
@@ -174,13 +178,13 @@ def _plan_vm(placed: Placed, ratios: Mapping[str, tuple[float, float]]) -> PlanV
     pool = labels.get(POOL_LABEL, "")
     cpu_ratio, memory_ratio = ratios.get(pool, (1.0, 1.0))
     try:
-        dirty = float(parse_bytes(annotations["virtfleet.io/dirty-rate"]))
+        dirty = float(parse_bytes(annotations[DIRTY_RATE_ANNOTATION]))
         if not 0 <= dirty < float("inf"):
             dirty = DEFAULT_DIRTY_RATE
     except (KeyError, QuantityError, OverflowError):
         dirty = DEFAULT_DIRTY_RATE
     try:
-        priority = int(annotations.get("virtfleet.io/priority", "0"))
+        priority = int(annotations.get(PRIORITY_ANNOTATION, "0"))
     except ValueError:
         priority = 0
     return PlanVM(
@@ -921,7 +925,7 @@ async def _ensure_policy(kube: Kube, spec: MigrationPlanSpec, inputs: PlanInputs
         "maxDowntimeMs": options.max_downtime_ms,
         "selectors": {
             "virtualMachineInstanceSelector": {PLAN_LABEL: inputs.uid},
-            "namespaceSelector": {"kubernetes.io/metadata.name": inputs.namespace},
+            "namespaceSelector": {NAMESPACE_NAME_LABEL: inputs.namespace},
         },
     }
     if options.bandwidth_per_migration:
@@ -931,7 +935,7 @@ async def _ensure_policy(kube: Kube, spec: MigrationPlanSpec, inputs: PlanInputs
         "apiVersion": "migrations.kubevirt.io/v1alpha1",
         "kind": "MigrationPolicy",
         "metadata": {"name": name, "labels": {PLAN_LABEL: inputs.uid},
-                     "annotations": {"virtfleet.io/plan": f"{inputs.namespace}/{inputs.name}"}},
+                     "annotations": {PLAN_ANNOTATION: f"{inputs.namespace}/{inputs.name}"}},
         "spec": policy_spec,
     }  # fmt: skip
     await kube.apply(MIGRATION_POLICIES, None, name, body)

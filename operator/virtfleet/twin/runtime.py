@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from virtfleet.api.labels import DIRTY_RATE_ANNOTATION
 from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.core import precopy
 from virtfleet.core.kubevirt import SpecError, launcher_requests
@@ -37,9 +38,9 @@ log = logging.getLogger("virtfleet.twin")
 JSON = dict[str, Any]
 
 # Per-VMI knobs (set them in the VM template's metadata.annotations; they reach the VMI).
-DIRTY_RATE_ANNOTATION = "twin.virtfleet.io/dirty-rate"
-# The operator's planner reads this hint too, so its estimates and the twin's timings use the same rate.
-PLANNER_DIRTY_RATE_ANNOTATION = "virtfleet.io/dirty-rate"
+TWIN_DIRTY_RATE_ANNOTATION = "twin.virtfleet.io/dirty-rate"
+# The operator's planner reads api.labels.DIRTY_RATE_ANNOTATION too, so its estimates and the twin's
+# timings use the same rate.
 FAIL_MIGRATION_AT = "twin.virtfleet.io/fail-migration-at"
 FAIL_MIGRATIONS_COUNT = "twin.virtfleet.io/fail-migrations"
 CRASH_ANNOTATION = "twin.virtfleet.io/crash"
@@ -669,8 +670,8 @@ class Twin:
         requests = launcher_requests(vmi.get("spec") or {}, cluster.cpu_allocation_ratio)
         try:
             dirty = parse_bytes(
-                annotations.get(DIRTY_RATE_ANNOTATION)
-                or annotations.get(PLANNER_DIRTY_RATE_ANNOTATION)
+                annotations.get(TWIN_DIRTY_RATE_ANNOTATION)
+                or annotations.get(DIRTY_RATE_ANNOTATION)
                 or self.fleet.defaults.dirty_rate
             )
         except QuantityError:

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtfleet.api.labels import CPUMANAGER_LABEL, NUMA_ANNOTATION
 from virtfleet.api.quantity import parse_bytes, parse_millicores
-from virtfleet.core.capacity import NUMA_ANNOTATION
 from virtfleet.core.cpulist import parse_cpu_list
-from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests
+from virtfleet.core.kubevirt import LauncherRequests
 from virtfleet.twin.fleet import BANDWIDTH_ANNOTATION
 
 JSON = dict[str, Any]
