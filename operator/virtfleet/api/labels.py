@@ -4,6 +4,8 @@ test controls stay in the twin, which the operator never imports)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # -- on the VirtualMachines of a pool (and their VMIs) ------------------------------------------------
 POOL_LABEL = "virtfleet.io/pool"
 TEMPLATE_LABEL = "virtfleet.io/template"  # also on a template's ControllerRevisions
@@ -33,3 +35,8 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 CPUMANAGER_LABEL = "kubevirt.io/cpumanager"
+
+
+def matches(labels: Mapping[str, str], selector: Mapping[str, str] | None) -> bool:
+    """A set-based selector's matchLabels (or a nodeSelector): every key present with its value."""
+    return all(labels.get(key) == value for key, value in (selector or {}).items())

@@ -3,7 +3,6 @@ indexes that tell it about its migrations and cold moves."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -13,14 +12,8 @@ from virtfleet.api.labels import COLD_MOVE_ANNOTATION, PLAN_LABEL
 from virtfleet.core import plan_executor
 from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker
 from virtfleet.kube.client import MIGRATION_PLANS, MIGRATIONS, VIRTUAL_MACHINES
-from virtfleet.kube.plans import (
-    PlanInputs,
-    attempt_of,
-    cold_move_of,
-    delete_plan_objects,
-    in_flight_of,
-    reconcile_plan,
-)
+from virtfleet.kube.facts import attempt_of, cold_move_of, in_flight_of
+from virtfleet.kube.plans import PlanInputs, delete_plan_objects, reconcile_plan
 from virtfleet.kube.runtime import Runtime
 
 KIND = "MigrationPlan"
@@ -80,7 +73,7 @@ async def plan_deleted(namespace: str | None, uid: str, memo: kopf.Memo, **kwarg
     stopped for a cold move; migrations go with the plan by owner reference."""
     runtime: Runtime = memo["runtime"]
     moves = list(kwargs["cold_moves"].get(uid, ()))
-    await delete_plan_objects(runtime.kube, namespace or "", uid, moves)
+    await delete_plan_objects(runtime.kube, namespace or "", uid, moves, runtime.now())
     runtime.forget_plan(uid)
 
 
@@ -153,4 +146,4 @@ async def _reconcile(
     post_events(body, outcome.events)
     if outcome.wake_at is None:
         return None
-    return max(0.0, (outcome.wake_at - datetime.now(UTC)).total_seconds()) + 0.05
+    return max(0.0, (outcome.wake_at - runtime.now()).total_seconds()) + 0.05

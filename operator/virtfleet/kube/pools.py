@@ -15,7 +15,7 @@ from virtfleet.api import reasons
 from virtfleet.api.pool import VirtualMachinePoolSpec
 from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core import conditions
-from virtfleet.core.capacity import Capacity, NodeFacts, VMLoad, effective_cpu_ratio, plan_capacity
+from virtfleet.core.capacity import Capacity, NodeFacts, Placed, VMLoad, effective_cpu_ratio, plan_capacity
 from virtfleet.core.kubevirt import launcher_requests
 from virtfleet.core.pools import (
     Member,
@@ -36,7 +36,7 @@ from virtfleet.core.render import (
     vm_name,
 )
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException
-from virtfleet.kube.facts import Placed, RevisionFacts, TemplateFacts
+from virtfleet.kube.facts import RevisionFacts, TemplateFacts
 from virtfleet.kube.runtime import EXPECTATION_TTL, PoolKey, Runtime
 
 log = logging.getLogger("virtfleet.pools")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from virtfleet.api.labels import DIRTY_RATE_ANNOTATION
+from virtfleet.api.labels import DIRTY_RATE_ANNOTATION, matches
 from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.core import precopy
 from virtfleet.core.kubevirt import SpecError, launcher_requests
@@ -55,10 +55,6 @@ SETUP_PHASES = ("Scheduled", "PreparingTarget", "TargetReady")
 def _key(obj: Mapping[str, Any]) -> str:
     meta = obj["metadata"]
     return f"{meta.get('namespace', '')}/{meta['name']}"
-
-
-def _labels_match(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
 @dataclass
@@ -650,17 +646,17 @@ class Twin:
     def _policy_for(self, vmi: JSON) -> tuple[str, JSON]:
         labels = vmi["metadata"].get("labels") or {}
         namespace_labels = self.namespace_labels.get(vmi["metadata"]["namespace"], {})
-        matches: list[tuple[int, str, JSON]] = []
+        found: list[tuple[int, str, JSON]] = []
         for name, policy in self.policies.items():
             selectors = (policy.get("spec") or {}).get("selectors") or {}
             vmi_selector = selectors.get("virtualMachineInstanceSelector") or {}
             ns_selector = selectors.get("namespaceSelector") or {}
-            if _labels_match(vmi_selector, labels) and _labels_match(ns_selector, namespace_labels):
-                matches.append((len(vmi_selector) + len(ns_selector), name, policy.get("spec") or {}))
-        if not matches:
+            if matches(labels, vmi_selector) and matches(namespace_labels, ns_selector):
+                found.append((len(vmi_selector) + len(ns_selector), name, policy.get("spec") or {}))
+        if not found:
             return "", {}
         # KubeVirt applies the policy that matches the most labels; ties go to the first name.
-        _, name, spec = min(matches, key=lambda m: (-m[0], m[1]))
+        _, name, spec = min(found, key=lambda m: (-m[0], m[1]))
         return name, spec
 
     def _inputs(self, vmi: JSON, source_node: str) -> tuple[precopy.MigrationInputs, str]:
