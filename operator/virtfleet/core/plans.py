@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from virtfleet.api import reasons
@@ -18,6 +18,7 @@ from virtfleet.core import conditions, plan_executor
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.migration_planner import Plan, limits_of
 from virtfleet.core.plan_executor import Attempt, ColdMove, Controls, Entry, World
+from virtfleet.core.status import differing, stamp
 
 PLANNED = "Planned"  # the phase of a plan that only plans (dry run), and of a VM not started yet
 Event = tuple[str, str, str]  # (type, reason, message)
@@ -39,16 +40,6 @@ class PlanInputs:
     attempts: Sequence[Attempt] = ()
     cold_moves: Sequence[ColdMove] = ()
     in_flight: Sequence[str] = ()  # every unfinished migration in the cluster: namespace/vmi
-
-
-def stamp(at: datetime | None) -> str | None:
-    """A plan's timestamps (status and cold-move records): RFC 3339 in UTC, to the hundredth of a second."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z" if at else None
-
-
-def differing(desired: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of `desired` that differ from `status`: what a merge patch must write."""
-    return {k: v for k, v in desired.items() if status.get(k) != v}
 
 
 def controls_of(spec: MigrationPlanSpec, kubevirt_parallel: int, kubevirt_outbound_per_node: int) -> Controls:

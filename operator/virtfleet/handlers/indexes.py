@@ -11,6 +11,7 @@ import kopf
 
 from virtfleet.api.labels import POOL_LABEL, TEMPLATE_LABEL
 from virtfleet.core.capacity import NodeFacts
+from virtfleet.core.revisions import TemplateFacts
 from virtfleet.kube.client import (
     CONTROLLER_REVISIONS,
     NODES,
@@ -19,7 +20,7 @@ from virtfleet.kube.client import (
     VIRTUAL_MACHINES,
     VM_TEMPLATES,
 )
-from virtfleet.kube.facts import TemplateFacts, member_of, placed_of
+from virtfleet.kube.facts import member_of, placed_of
 from virtfleet.kube.revisions import revision_of
 from virtfleet.kube.runtime import Runtime
 

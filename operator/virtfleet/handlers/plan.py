@@ -10,7 +10,7 @@ import kopf
 from virtfleet import metrics
 from virtfleet.api.labels import COLD_MOVE_ANNOTATION, PLAN_LABEL
 from virtfleet.core import plan_executor
-from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker
+from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
 from virtfleet.kube.client import MIGRATION_PLANS, MIGRATIONS, VIRTUAL_MACHINES
 from virtfleet.kube.facts import attempt_of, cold_move_of, in_flight_of
 from virtfleet.kube.plans import PlanInputs, delete_plan_objects, reconcile_plan
@@ -144,6 +144,4 @@ async def _reconcile(
         runtime.running_plans.pop(uid, None)
     metrics.record_plan(namespace, name, outcome.status, outcome.finished)
     post_events(body, outcome.events)
-    if outcome.wake_at is None:
-        return None
-    return max(0.0, (outcome.wake_at - runtime.now()).total_seconds()) + 0.05
+    return seconds_until(outcome.wake_at, runtime.now())

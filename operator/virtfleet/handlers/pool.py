@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 
 from virtfleet import metrics
-from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker
+from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS
 from virtfleet.kube.pools import PoolInputs, reconcile_pool
 from virtfleet.kube.runtime import Runtime
@@ -80,7 +80,7 @@ async def pool_worker(
                     done.current_revision,
                     template_spec=done.spec,
                 )
-        return outcome.wake_in
+        return seconds_until(outcome.wake_at, runtime.now())
 
     try:
         await run_worker(runtime.triggers[key], stopped, reconcile)

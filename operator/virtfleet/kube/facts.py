@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,24 +96,6 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         spread=spread,
         running=status.get("phase") == "Running",
     )
-
-
-@dataclass(frozen=True)
-class TemplateFacts:
-    name: str
-    uid: str
-    generation: int
-    spec: Mapping[str, Any]
-    current_revision: str | None
-
-
-@dataclass(frozen=True)
-class RevisionFacts:
-    name: str
-    template: str
-    digest: str
-    number: int
-    spec: Mapping[str, Any]
 
 
 # -- a MigrationPlan's migrations and cold moves ------------------------------------------------------

@@ -43,7 +43,8 @@ from virtfleet.core.plan_executor import (
     StopForColdMove,
     World,
 )
-from virtfleet.core.plans import Event, PlanInputs, stamp
+from virtfleet.core.plans import Event, PlanInputs
+from virtfleet.core.status import differing, stamp
 from virtfleet.kube.client import (
     MIGRATION_PLANS,
     MIGRATION_POLICIES,
@@ -180,7 +181,7 @@ async def _write_status(
     changes: Mapping[str, Any],
     outcome: PlanOutcome,
 ) -> None:
-    changes = plans.differing(changes, status)
+    changes = differing(changes, status)
     outcome.status = {**status, **changes}
     if not changes:
         return

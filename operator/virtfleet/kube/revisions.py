@@ -7,9 +7,8 @@ from typing import Any
 
 from virtfleet import API_VERSION
 from virtfleet.api.labels import REVISION_LABEL, TEMPLATE_LABEL
-from virtfleet.core.revisions import revision_name
+from virtfleet.core.revisions import RevisionFacts, revision_name
 from virtfleet.kube.client import CONTROLLER_REVISIONS, ApiException, Kube
-from virtfleet.kube.facts import RevisionFacts
 
 
 async def ensure_revision(
