@@ -13,14 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from virtfleet.api import reasons
-from virtfleet.api.migrationplan import MAX_LISTED, MigrationPlanSpec
+from virtfleet.api.migrationplan import MAX_LISTED, MigrationPlanSpec, PlanPhase, VMPhase
 from virtfleet.core import conditions, plan_executor
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.migration_planner import Plan, limits_of
 from virtfleet.core.plan_executor import Attempt, ColdMove, Controls, Entry, World
 from virtfleet.core.status import differing, stamp
 
-PLANNED = "Planned"  # the phase of a plan that only plans (dry run), and of a VM not started yet
 Event = tuple[str, str, str]  # (type, reason, message)
 
 
@@ -87,10 +86,15 @@ def before_start(
     if spec.dry_run:
         return BeforeStart(planned_status(spec, plan, status, generation, now))
     if spec.cancel:
-        changes = planned_status(spec, plan, status, generation, now, plan_executor.PLAN_CANCELLED)
+        changes = planned_status(spec, plan, status, generation, now, PlanPhase.CANCELLED)
         changes["finishedAt"] = stamp(now)
         changes["conditions"] = final_conditions(
-            status, generation, plan_executor.PLAN_CANCELLED, "Cancelled", "cancelled before it started", now
+            status,
+            generation,
+            PlanPhase.CANCELLED,
+            reasons.PLAN_CANCELLED,
+            "cancelled before it started",
+            now,
         )
         return BeforeStart(differing(changes, status))
     waiting, wake_at = "", None
@@ -101,7 +105,7 @@ def before_start(
     elif len(plan.moves) > MAX_LISTED:
         waiting = "too large"
     if waiting:
-        phase = plan_executor.PLAN_PAUSED if spec.paused else plan_executor.PLAN_PENDING
+        phase = PlanPhase.PAUSED if spec.paused else PlanPhase.PENDING
         return BeforeStart(planned_status(spec, plan, status, generation, now, phase, waiting), wake_at)
     return BeforeStart(start=True)
 
@@ -116,7 +120,7 @@ def started_status(
     cordoned: Sequence[str],
 ) -> dict[str, Any]:
     """The frozen plan: status.vms from now on names each VM's source, target and method."""
-    changes = planned_status(spec, plan, status, generation, now, plan_executor.PLAN_RUNNING)
+    changes = planned_status(spec, plan, status, generation, now, PlanPhase.RUNNING)
     changes.update(startedAt=stamp(now), migrationPolicy=policy, cordonedNodes=list(cordoned))
     return differing(changes, status)
 
@@ -134,7 +138,7 @@ def _planned_entries(plan: Plan) -> list[dict[str, Any]]:
             "target": move.target,
             "method": move.method,
             "wave": move.wave,
-            "phase": PLANNED,
+            "phase": VMPhase.PLANNED,
             "estimatedStartSeconds": round(move.start_s, 1),
             "estimatedDurationSeconds": round(move.estimate.duration_s, 1),
             "estimatedDowntimeSeconds": round(move.estimate.downtime_s, 3),
@@ -165,7 +169,7 @@ def planned_status(
     status: Mapping[str, Any],
     generation: int | None,
     now: datetime,
-    phase: str = PLANNED,
+    phase: PlanPhase = PlanPhase.PLANNED,
     wait_message: str = "",
 ) -> dict[str, Any]:
     """Status of a plan that has not started (dry run or waiting): the fields that differ from `status`."""
@@ -175,17 +179,17 @@ def planned_status(
     )
     too_big = len(plan.moves) > MAX_LISTED and not spec.dry_run
     wanted = [
-        conditions.Desired(conditions.READY, "True" if spec.dry_run else "False", PLANNED, summary),
+        conditions.Desired(conditions.READY, "True" if spec.dry_run else "False", reasons.PLANNED, summary),
         conditions.Desired(
             conditions.RECONCILING,
             "False" if spec.dry_run or too_big else "True",
-            reasons.WAITING_TO_START if not spec.dry_run else PLANNED,
+            reasons.WAITING_TO_START if not spec.dry_run else reasons.PLANNED,
             wait_message,
         ),
         conditions.Desired(
             conditions.STALLED,
             "True" if too_big else "False",
-            reasons.PLAN_TOO_LARGE if too_big else PLANNED,
+            reasons.PLAN_TOO_LARGE if too_big else reasons.PLANNED,
             f"{len(plan.moves)} VMs: a plan runs at most {MAX_LISTED}; split it with selection"
             if too_big
             else "",
@@ -193,7 +197,7 @@ def planned_status(
         conditions.Desired(
             conditions.DEGRADED,
             "True" if plan.unplaceable else "False",
-            reasons.UNPLACEABLE if plan.unplaceable else PLANNED,
+            reasons.UNPLACEABLE if plan.unplaceable else reasons.PLANNED,
             f"{len(plan.unplaceable)} VMs cannot be planned" if plan.unplaceable else "",
         ),
     ]
@@ -284,11 +288,11 @@ def step_events(
             continue
         if state.phase in plan_executor.TERMINAL:
             finished.append(state)
-        if state.phase == plan_executor.FAILED:
+        if state.phase == VMPhase.FAILED:
             events.append(
                 ("Warning", reasons.MIGRATION_FAILED, f"{state.entry.name}: {state.last_error} (gave up)")
             )
-        elif state.phase == plan_executor.WAITING:
+        elif state.phase == VMPhase.WAITING:
             events.append(
                 ("Warning", reasons.MIGRATION_RETRY,
                  f"{state.entry.name}: attempt {state.attempts} failed ({state.last_error}); retrying")
@@ -318,7 +322,7 @@ def _vm_line(state: plan_executor.VMState, original: Mapping[str, Any]) -> dict[
         "finishedAt": stamp(state.finished),
         "actualDurationSeconds": round(state.duration_s, 2) if state.duration_s is not None else None,
         "actualDowntimeSeconds": round(state.downtime_s, 2) if state.downtime_s is not None else None,
-        "retryAt": stamp(state.retry_at) if state.phase == plan_executor.WAITING else None,
+        "retryAt": stamp(state.retry_at) if state.phase == VMPhase.WAITING else None,
     }
     line.update({k: v for k, v in optional.items() if v not in (None, "")})
     return line
@@ -336,16 +340,16 @@ def running_status(
     unplaceable = _unplaceable_count(status)
     originals = {str(vm.get("name")): vm for vm in status.get("vms") or []}
     total = len(result.vms) + unplaceable
-    done = result.count(plan_executor.SUCCEEDED)
-    failed = result.count(plan_executor.FAILED) + unplaceable
+    done = result.count(VMPhase.SUCCEEDED)
+    failed = result.count(VMPhase.FAILED) + unplaceable
     desired: dict[str, Any] = {
         "phase": result.phase,
         "total": total,
         "done": done,
         "failed": failed,
         "inFlight": result.in_flight,
-        "cancelled": result.count(plan_executor.CANCELLED),
-        "skipped": result.count(plan_executor.SKIPPED),
+        "cancelled": result.count(VMPhase.CANCELLED),
+        "skipped": result.count(VMPhase.SKIPPED),
         "progress": f"{done}/{total}",
         "estimatedRemainingSeconds": round(plan_executor.remaining_seconds(result, controls), 1),
         "vms": [_vm_line(s, originals.get(s.entry.name, {})) for s in result.vms],
@@ -356,8 +360,8 @@ def running_status(
         desired["finishedAt"] = stamp(now)
     if terminal:
         final = result.phase
-        if final == plan_executor.PLAN_SUCCEEDED and failed:
-            final = plan_executor.PLAN_FAILED  # the run ended, but not every VM moved
+        if final == PlanPhase.SUCCEEDED and failed:
+            final = PlanPhase.FAILED  # the run ended, but not every VM moved
             desired["phase"] = final
         message = result.message + (f"; {unplaceable} could not be planned" if unplaceable else "")
         desired["conditions"] = final_conditions(
@@ -369,7 +373,7 @@ def running_status(
             conditions.Desired(conditions.READY, "False", result.reason, result.message),
             conditions.Desired(
                 conditions.RECONCILING,
-                "True" if result.phase == plan_executor.PLAN_RUNNING else "False",
+                "True" if result.phase == PlanPhase.RUNNING else "False",
                 result.reason,
                 result.message,
             ),
@@ -389,7 +393,7 @@ def running_status(
 
 def _degraded(failed: int, unplaceable: int) -> conditions.Desired:
     if not failed:
-        return conditions.Desired(conditions.DEGRADED, "False", "NoFailures", "")
+        return conditions.Desired(conditions.DEGRADED, "False", reasons.NO_FAILURES, "")
     return conditions.Desired(
         conditions.DEGRADED,
         "True",
@@ -401,7 +405,7 @@ def _degraded(failed: int, unplaceable: int) -> conditions.Desired:
 def final_conditions(
     status: Mapping[str, Any], generation: int, phase: str, reason: str, message: str, now: datetime
 ) -> list[dict[str, Any]]:
-    succeeded = phase == plan_executor.PLAN_SUCCEEDED
+    succeeded = phase == PlanPhase.SUCCEEDED
     failed = int(status.get("failed") or 0)
     wanted = [
         conditions.Desired(conditions.READY, "True" if succeeded else "False", reason, message),
@@ -419,11 +423,11 @@ def final_conditions(
 
 
 def _phase_event(phase: str, result: plan_executor.Step) -> Event:
-    kinds = {
-        plan_executor.PLAN_SUCCEEDED: ("Normal", reasons.PLAN_SUCCEEDED),
-        plan_executor.PLAN_FAILED: ("Warning", reasons.PLAN_FAILED),
-        plan_executor.PLAN_CANCELLED: ("Normal", reasons.PLAN_CANCELLED),
-        plan_executor.PLAN_PAUSED: ("Warning" if result.reason == reasons.FAILURE_BUDGET_EXCEEDED else "Normal",
+    kinds: dict[str, tuple[str, str]] = {
+        PlanPhase.SUCCEEDED: ("Normal", reasons.PLAN_SUCCEEDED),
+        PlanPhase.FAILED: ("Warning", reasons.PLAN_FAILED),
+        PlanPhase.CANCELLED: ("Normal", reasons.PLAN_CANCELLED),
+        PlanPhase.PAUSED: ("Warning" if result.reason == reasons.FAILURE_BUDGET_EXCEEDED else "Normal",
                                     reasons.PLAN_PAUSED),
     }  # fmt: skip
     kind, reason = kinds.get(phase, ("Normal", reasons.PLAN_RUNNING))

@@ -9,7 +9,7 @@ import kopf
 
 from virtfleet import metrics
 from virtfleet.api.labels import COLD_MOVE_ANNOTATION, PLAN_LABEL
-from virtfleet.core import plan_executor
+from virtfleet.api.migrationplan import PlanPhase
 from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
 from virtfleet.kube.client import MIGRATION_PLANS, MIGRATIONS, VIRTUAL_MACHINES
 from virtfleet.kube.facts import attempt_of, cold_move_of, in_flight_of
@@ -138,7 +138,7 @@ async def _reconcile(
     if outcome is None:
         return RETRY_AFTER_FAILURE
     phase = outcome.status.get("phase")
-    if phase in (plan_executor.PLAN_RUNNING, plan_executor.PLAN_PAUSED):
+    if phase in (PlanPhase.RUNNING, PlanPhase.PAUSED):
         runtime.running_plans[uid] = namespace
     else:
         runtime.running_plans.pop(uid, None)

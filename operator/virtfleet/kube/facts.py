@@ -20,6 +20,7 @@ from virtfleet.api.labels import (
     REVISION_LABEL,
     VM_ANNOTATION,
 )
+from virtfleet.api.migrationplan import ColdStage
 from virtfleet.core import plan_executor
 from virtfleet.core.capacity import Placed
 from virtfleet.core.kubevirt import SpecError, launcher_requests
@@ -154,7 +155,7 @@ def cold_move_of(body: Mapping[str, Any]) -> tuple[str, ColdMove] | None:
             target=str(record["target"]),
             run_strategy=str(record["runStrategy"]),
             started=parse_time(record["startedAt"]),
-            stage=record["stage"],
+            stage=ColdStage(record["stage"]),
             failure=str(record.get("failure", "")),
             finished=parse_time(record["finishedAt"]) if record.get("finishedAt") else None,
             halted=(body.get("spec") or {}).get("runStrategy") == "Halted",

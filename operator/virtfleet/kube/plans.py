@@ -31,7 +31,7 @@ from virtfleet.api.labels import (
     PLAN_LABEL,
     VM_ANNOTATION,
 )
-from virtfleet.api.migrationplan import MigrationPlanSpec
+from virtfleet.api.migrationplan import ColdStage, MigrationPlanSpec
 from virtfleet.core import plan_executor, plans
 from virtfleet.core.migration_planner import Plan, build_plan
 from virtfleet.core.plan_executor import (
@@ -323,7 +323,7 @@ async def _stop_for_cold_move(
         runStrategy=strategy,
         pinned=(template_spec.get("nodeSelector") or {}).get(HOSTNAME_LABEL),
         startedAt=stamp(now),
-        stage="stopping",
+        stage=ColdStage.STOPPING,
     )
     pin = {HOSTNAME_LABEL: hostnames.get(action.target, action.target)}
     await kube.patch(
@@ -363,7 +363,7 @@ async def _cold_update(
 async def _start_after_cold_move(kube: Kube, inputs: PlanInputs, action: StartAfterColdMove) -> None:
     """Stage 2: start it (Always, whatever it ran with: a stopped RerunOnFailure VM would stay stopped).
     A move given up starts unpinned, wherever the scheduler puts it."""
-    changes: dict[str, Any] = {"stage": "starting"}
+    changes: dict[str, Any] = {"stage": ColdStage.STARTING}
     if action.abandon:
         changes["abandon"] = action.abandon
     await _cold_update(kube, inputs, action.vm, "Always", bool(action.abandon), **changes)
@@ -373,7 +373,10 @@ async def _finish_cold_move(kube: Kube, inputs: PlanInputs, action: FinishColdMo
     """Stage 3: the VM runs again; unpin it and give it back its runStrategy."""
     vm = await kube.get(VIRTUAL_MACHINES, inputs.namespace, action.vm)
     record = json.loads((vm["metadata"].get("annotations") or {}).get(COLD_MOVE_ANNOTATION) or "{}")
-    changes: dict[str, Any] = {"stage": "failed" if action.failure else "done", "finishedAt": stamp(now)}
+    changes: dict[str, Any] = {
+        "stage": ColdStage.FAILED if action.failure else ColdStage.DONE,
+        "finishedAt": stamp(now),
+    }
     if action.failure:
         changes["failure"] = action.failure
     await _cold_update(kube, inputs, action.vm, str(record.get("runStrategy") or "Always"), True, **changes)
@@ -418,11 +421,11 @@ async def delete_plan_objects(
             raise
     inputs = PlanInputs(namespace, "", uid, 0, {}, {})
     for move in cold_moves:
-        if move.stage in ("stopping", "starting"):
+        if move.stage in (ColdStage.STOPPING, ColdStage.STARTING):
             try:
                 # Start it unpinned: no step will follow to finish the move.
                 await _cold_update(kube, inputs, move.vm, "Always" if move.halted else move.run_strategy, True,
-                                   stage="failed", failure="the plan was deleted", finishedAt=stamp(now))  # fmt: skip
+                                   stage=ColdStage.FAILED, failure="the plan was deleted", finishedAt=stamp(now))  # fmt: skip
             except ApiException as error:
                 if error.status != 404:
                     raise
