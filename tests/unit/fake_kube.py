@@ -6,9 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from virtfleet.kube.client import ResourceRef
+from virtfleet.kube.client import Conflict, NotFound, ResourceRef
 from virtfleet.kube.runtime import Runtime
 from virtfleet.settings import Settings
 
@@ -45,14 +43,14 @@ class FakeKube:
     ) -> dict[str, Any]:
         key = self._call("create", ref, namespace, body["metadata"]["name"], body)
         if (ref.plural, key) in self.objects:
-            raise ApiException(status=409, reason="AlreadyExists")
+            raise Conflict(status=409, reason="AlreadyExists")
         self.objects[ref.plural, key] = dict(body)
         return dict(body)
 
     async def get(self, ref: ResourceRef, namespace: str | None, name: str) -> dict[str, Any]:
         key = self._call("get", ref, namespace, name)
         if (ref.plural, key) not in self.objects:
-            raise ApiException(status=404, reason="NotFound")
+            raise NotFound(status=404, reason="NotFound")
         return self.objects[ref.plural, key]
 
     async def list(
@@ -98,7 +96,7 @@ class FakeKube:
     ) -> dict[str, Any]:
         key = self._call("delete", ref, namespace, name)
         if self.objects.pop((ref.plural, key), None) is None:
-            raise ApiException(status=404, reason="NotFound")
+            raise NotFound(status=404, reason="NotFound")
         return {}
 
 

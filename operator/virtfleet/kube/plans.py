@@ -10,6 +10,7 @@ VMIs), so a restarted operator resumes where the last one stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,7 +54,9 @@ from virtfleet.kube.client import (
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
     ApiException,
+    Conflict,
     Kube,
+    NotFound,
 )
 from virtfleet.kube.runtime import Runtime
 
@@ -240,9 +243,9 @@ async def _act(
                     await _start_after_cold_move(kube, inputs, action)
                 elif isinstance(action, FinishColdMove):
                     await _finish_cold_move(kube, inputs, action, now)
+        except (NotFound, Conflict):
+            return  # gone, or changed under us: the next step sees the new state and decides again
         except ApiException as error:
-            if error.status in (404, 409):
-                return  # gone, or changed under us: the next step sees the new state and decides again
             outcome.events.append(
                 ("Warning", reasons.ACTION_FAILED, f"{action}: {error.status} {error.reason}")
             )
@@ -260,11 +263,8 @@ async def label_plan_vmis(kube: Kube, inputs: PlanInputs, names: Iterable[str]) 
 
     async def one(name: str) -> None:
         async with semaphore:
-            try:
+            with contextlib.suppress(NotFound):
                 await _label_vmi(kube, inputs, name)
-            except ApiException as error:
-                if error.status != 404:
-                    raise
 
     await asyncio.gather(*(one(name) for name in names))
 
@@ -287,11 +287,9 @@ async def _create_migration(
             "addedNodeSelector": {HOSTNAME_LABEL: hostnames.get(action.target, action.target)},
         },
     }
-    try:
+    # Conflict: created before a restart or from a stale cache; never a second one.
+    with contextlib.suppress(Conflict):
         await kube.create(MIGRATIONS, inputs.namespace, body)
-    except ApiException as error:
-        if error.status != 409:  # 409: created before a restart or a stale cache; never a second one
-            raise
 
 
 async def _label_vmi(kube: Kube, inputs: PlanInputs, vm: str) -> None:
@@ -414,33 +412,24 @@ async def delete_plan_objects(
 ) -> None:
     """A deleted plan: its MigrationPolicy goes (cluster-scoped, so not by owner reference), VMs in a cold
     move start again, VMIs lose the plan's label. Migrations go by owner reference (garbage collector)."""
-    try:
+    with contextlib.suppress(NotFound):
         await kube.delete(MIGRATION_POLICIES, None, policy_name(uid))
-    except ApiException as error:
-        if error.status != 404:
-            raise
     inputs = PlanInputs(namespace, "", uid, 0, {}, {})
     for move in cold_moves:
         if move.stage in (ColdStage.STOPPING, ColdStage.STARTING):
-            try:
+            with contextlib.suppress(NotFound):
                 # Start it unpinned: no step will follow to finish the move.
                 await _cold_update(kube, inputs, move.vm, "Always" if move.halted else move.run_strategy, True,
                                    stage=ColdStage.FAILED, failure="the plan was deleted", finishedAt=stamp(now))  # fmt: skip
-            except ApiException as error:
-                if error.status != 404:
-                    raise
     labelled = await kube.list(VIRTUAL_MACHINE_INSTANCES, namespace, label_selector=f"{PLAN_LABEL}={uid}")
     for vmi in labelled.get("items") or []:
-        try:
+        with contextlib.suppress(NotFound):
             await kube.patch(
                 VIRTUAL_MACHINE_INSTANCES,
                 namespace,
                 vmi["metadata"]["name"],
                 {"metadata": {"labels": {PLAN_LABEL: None}}},
             )
-        except ApiException as error:
-            if error.status != 404:
-                raise
 
 
 async def _cordon(kube: Kube, spec: MigrationPlanSpec, inputs: PlanInputs, outcome: PlanOutcome) -> list[str]:
@@ -454,10 +443,8 @@ async def _cordon(kube: Kube, spec: MigrationPlanSpec, inputs: PlanInputs, outco
         body = {"metadata": {"annotations": {CORDONED_BY_ANNOTATION: owner}}, "spec": {"unschedulable": True}}
         try:
             await kube.patch(NODES, None, node, body)
-        except ApiException as error:
-            if error.status == 404:
-                continue
-            raise
+        except NotFound:
+            continue
         cordoned.append(node)
         outcome.events.append(("Normal", reasons.NODE_CORDONED, f"cordoned {node} to drain it"))
     return cordoned
@@ -468,10 +455,8 @@ async def _uncordon(kube: Kube, inputs: PlanInputs, nodes: Sequence[str], outcom
     for name in nodes:
         try:
             node = await kube.get(NODES, None, name)
-        except ApiException as error:
-            if error.status == 404:
-                continue
-            raise
+        except NotFound:
+            continue
         if (node["metadata"].get("annotations") or {}).get(CORDONED_BY_ANNOTATION) != owner:
             continue  # someone else cordoned it since, or already uncordoned
         body = {"metadata": {"annotations": {CORDONED_BY_ANNOTATION: None}}, "spec": {"unschedulable": None}}

@@ -13,7 +13,7 @@ from virtfleet.api import reasons
 from virtfleet.core.pools import Defaults, Member, PoolInputs, PoolPlan, Rendering, decide
 from virtfleet.core.render import render_vm, vm_name
 from virtfleet.core.status import differing
-from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException
+from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException, Conflict, NotFound
 from virtfleet.kube.runtime import EXPECTATION_TTL, PoolKey, Runtime
 
 __all__ = ["PoolInputs", "PoolOutcome", "reconcile_pool"]
@@ -88,9 +88,9 @@ async def _execute(
             vm = render_vm(context, tname, digest, template, ordinal)
             try:
                 await kube.create(VIRTUAL_MACHINES, inputs.namespace, vm)
+            except Conflict:
+                return  # it exists already (a restart, or a stale cache): nothing duplicated
             except ApiException as error:
-                if error.status == 409:
-                    return  # it exists already (a restart, or a stale cache): nothing duplicated
                 expectations.creates.pop(name, None)
                 outcome.events.append(
                     ("Warning", reasons.FAILED_CREATE, f"{name}: {error.status} {error.reason}")
@@ -109,10 +109,8 @@ async def _execute(
         async with semaphore:
             try:
                 await kube.delete(VIRTUAL_MACHINES, inputs.namespace, member.name, uid=member.uid or None)
-            except ApiException as error:
-                if error.status not in (404, 409):
-                    expectations.deletes.pop(member.name, None)
-                    raise
+            except (NotFound, Conflict):
+                pass  # gone already, or replaced by a VM of the same name (another uid): not ours to delete
             except BaseException:
                 expectations.deletes.pop(member.name, None)  # no answer: unknown, as for creates
                 raise

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from virtfleet import API_VERSION
 from virtfleet.api.labels import REVISION_LABEL, TEMPLATE_LABEL
 from virtfleet.core.revisions import RevisionFacts, revision_name
-from virtfleet.kube.client import CONTROLLER_REVISIONS, ApiException, Kube
+from virtfleet.kube.client import CONTROLLER_REVISIONS, Conflict, Kube, NotFound
 
 
 async def ensure_revision(
@@ -49,9 +50,7 @@ async def ensure_revision(
     }
     try:
         await kube.create(CONTROLLER_REVISIONS, namespace, body)
-    except ApiException as error:
-        if error.status != 409:
-            raise
+    except Conflict:
         stored = await kube.get(CONTROLLER_REVISIONS, namespace, name)
         number = int(stored.get("revision", number))
     return RevisionFacts(name=name, template=template, digest=digest, number=number, spec=dict(spec))
@@ -65,11 +64,8 @@ async def collect_garbage(
     for revision in revisions:
         if revision.digest in keep:
             continue
-        try:
+        with contextlib.suppress(NotFound):
             await kube.delete(CONTROLLER_REVISIONS, namespace, revision.name)
-        except ApiException as error:
-            if error.status != 404:
-                raise
         deleted.append(revision.name)
     return deleted
 

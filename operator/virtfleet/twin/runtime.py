@@ -4,6 +4,7 @@ virt-handler and the scheduler, and writes results back through the API server. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import logging
@@ -24,7 +25,9 @@ from virtfleet.kube.client import (
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
     ApiException,
+    Conflict,
     Kube,
+    NotFound,
     ResourceRef,
 )
 from virtfleet.twin import BANNER
@@ -95,9 +98,7 @@ class Twin:
             status = manifest.pop("status")
             try:
                 await self.kube.create(NODES, None, manifest)
-            except ApiException as error:
-                if error.status != 409:
-                    raise
+            except Conflict:
                 await self.kube.patch(NODES, None, name, {k: manifest[k] for k in ("metadata", "spec")})
             status["conditions"] = [
                 {**c, "lastHeartbeatTime": self.clock.stamp(), "lastTransitionTime": self.clock.stamp()}
@@ -160,7 +161,7 @@ class Twin:
                 version = listing["metadata"]["resourceVersion"]
 
     def _report(self, key: tuple[str, str], error: Exception) -> None:
-        if isinstance(error, ApiException) and error.status in (404, 409):
+        if isinstance(error, NotFound | Conflict):
             return  # gone meanwhile, or a stale write: the next event brings the news
         log.error("%s: reconciling %s %s failed: %s", BANNER, key[0], key[1], error)
 
@@ -324,11 +325,8 @@ class Twin:
             if facts.phase in FINAL_PHASES and strategy in ("Always", "RerunOnFailure"):
                 self._restarts.add(uid)  # the VM controller starts a fresh VMI once this one is gone
             vmi = self.vmis[key]
-            try:
+            with contextlib.suppress(NotFound, Conflict):  # gone already, or a new VMI of the same name
                 await self.kube.delete(VIRTUAL_MACHINE_INSTANCES, namespace, name, uid=vmi["metadata"]["uid"])
-            except ApiException as error:
-                if error.status not in (404, 409):
-                    raise
         facts = self._vmi_facts(key)
         current = vm.get("status") or {}
         desired = vm_status(vm, facts, self.clock.stamp(), current)
@@ -394,7 +392,7 @@ class Twin:
             created = await self.kube.create(VIRTUAL_MACHINE_INSTANCES, meta["namespace"], vmi)
         except ApiException as error:
             self.state.remove(key)
-            if error.status == 409:
+            if isinstance(error, Conflict):
                 return  # it exists; its watch event will bring it
             raise
         self.vmis[key] = created
@@ -635,10 +633,8 @@ class Twin:
             updated = await self.kube.patch(
                 MIGRATIONS, namespace, name, {"status": body}, subresource="status"
             )
-        except ApiException as error:
-            if error.status == 404:
-                return
-            raise
+        except NotFound:
+            return
         self.vmims[key] = updated
         if failure:
             log.info("%s: migration %s failed: %s", BANNER, key, failure)
