@@ -17,7 +17,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from virtfleet.api import reasons
-from virtfleet.api.pool import UpdateStrategy, VirtualMachinePoolSpec
+from virtfleet.api.pool import (
+    OversubscriptionSummary,
+    UpdateStrategy,
+    VirtualMachinePoolSpec,
+    VirtualMachinePoolStatus,
+)
 from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core import conditions
 from virtfleet.core.capacity import Capacity, NodeFacts, Placed, VMLoad, effective_cpu_ratio, plan_capacity
@@ -303,7 +308,7 @@ class PoolDecision:
     the writes, and when to look again even if no event comes."""
 
     plan: PoolPlan
-    status: dict[str, Any]
+    status: VirtualMachinePoolStatus
     rendering: Rendering | None = None
     pending: int = 0  # VMs wanted but not created for lack of capacity
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
@@ -318,8 +323,6 @@ def decide(
     spec = VirtualMachinePoolSpec.model_validate(inputs.spec)
     cpu_ratio = spec.cpu_ratio or defaults.cpu_ratio
     memory_ratio = spec.memory_ratio or defaults.memory_ratio
-    status: dict[str, Any] = {"labelSelector": pool_selector(inputs.name), "cpuRatio": cpu_ratio,
-                              "memoryRatio": memory_ratio}  # fmt: skip
     members = list(inputs.members)
 
     problem, template, revision = _resolve_template(inputs, spec)
@@ -333,7 +336,8 @@ def decide(
             spec.replicas, True, spec.update_strategy, spec.scale_in_policy, "", "", members, now
         )
         summary = PoolSummary(0, "", template_problem=(reason, message))
-        return PoolDecision(PoolPlan(), pool_status(inputs, facts, PoolPlan(), summary, status))
+        ratios = Ratios(cpu_ratio, memory_ratio)
+        return PoolDecision(PoolPlan(), pool_status(inputs, facts, PoolPlan(), summary, ratios))
 
     context = PoolContext(inputs.name, inputs.namespace, inputs.uid, spec, cpu_ratio, memory_ratio)
     desired_hash = pool_hash(context)
@@ -376,19 +380,19 @@ def decide(
     )
     pending = len(result.create) - pool_capacity.creatable
     result.create = result.create[: pool_capacity.creatable]
-    status["oversubscription"] = {
-        "committedVcpus": pool_capacity.committed_vcpus,
-        "physicalCores": pool_capacity.physical_cores,
-        "effectiveCpuRatio": pool_capacity.effective_cpu_ratio,
-        "committedMemory": str(pool_capacity.committed_memory),
-        "physicalMemory": str(pool_capacity.physical_memory),
-        "effectiveMemoryRatio": pool_capacity.effective_memory_ratio,
-        "eligibleNodes": pool_capacity.eligible_nodes,
-    }
-    status["pendingReplicas"] = pending
+    oversubscription = OversubscriptionSummary(
+        committed_vcpus=pool_capacity.committed_vcpus,
+        physical_cores=pool_capacity.physical_cores,
+        effective_cpu_ratio=pool_capacity.effective_cpu_ratio,
+        committed_memory=str(pool_capacity.committed_memory),
+        physical_memory=str(pool_capacity.physical_memory),
+        effective_memory_ratio=pool_capacity.effective_memory_ratio,
+        eligible_nodes=pool_capacity.eligible_nodes,
+    )
+    summary = PoolSummary(pending, pool_capacity.message)
     decision = PoolDecision(
         result,
-        pool_status(inputs, facts, result, PoolSummary(pending, pool_capacity.message), status),
+        pool_status(inputs, facts, result, summary, Ratios(cpu_ratio, memory_ratio), oversubscription),
         Rendering(context, spec.template_ref.name, revision.digest, template),
         pending,
     )
@@ -413,27 +417,48 @@ def decide(
     return decision
 
 
+@dataclass(frozen=True)
+class Ratios:
+    """The CPU and memory ratios in force: the spec's, or the operator's defaults."""
+
+    cpu: float
+    memory: float
+
+
 def pool_status(
-    inputs: PoolInputs, facts: PoolFacts, result: PoolPlan, summary: PoolSummary, status: dict[str, Any]
-) -> dict[str, Any]:
-    """The pool's whole status: `status` (what the decision found) completed with counts and conditions."""
+    inputs: PoolInputs,
+    facts: PoolFacts,
+    result: PoolPlan,
+    summary: PoolSummary,
+    ratios: Ratios,
+    oversubscription: OversubscriptionSummary | None = None,
+) -> VirtualMachinePoolStatus:
+    """The pool's whole status. Only the fields given are set, so a dump with exclude_unset writes
+    exactly these (a pool without a usable template reports no oversubscription)."""
     alive = [m for m in facts.members if not m.deleting and m.revision]
-    status.update(
+    status = VirtualMachinePoolStatus(
+        label_selector=pool_selector(inputs.name),
+        cpu_ratio=ratios.cpu,
+        memory_ratio=ratios.memory,
+        pending_replicas=summary.pending,
         replicas=len(alive),
-        readyReplicas=sum(m.ready for m in alive),
-        updatedReplicas=sum(
+        ready_replicas=sum(m.ready for m in alive),
+        updated_replicas=sum(
             m.revision == facts.update_revision and m.pool_hash == facts.pool_hash for m in alive
         ),
-        observedGeneration=inputs.generation,
+        observed_generation=inputs.generation,
+        conditions=conditions.merge(
+            inputs.status.get("conditions"),
+            desired_conditions(facts, result, summary),
+            inputs.generation,
+            facts.now,
+        ),
     )
-    status.setdefault("pendingReplicas", 0)
+    if oversubscription is not None:
+        status.oversubscription = oversubscription
     if facts.update_revision:
-        status["updateRevision"] = facts.update_revision
-        status["currentRevision"] = current_revision(facts)
-    wanted = desired_conditions(facts, result, summary)
-    status["conditions"] = conditions.merge(
-        inputs.status.get("conditions"), wanted, inputs.generation, facts.now
-    )
+        status.update_revision = facts.update_revision
+        status.current_revision = current_revision(facts)
     return status
 
 

@@ -42,8 +42,10 @@ async def reconcile_pool(runtime: Runtime, inputs: PoolInputs) -> PoolOutcome:
         settings.default_cpu_ratio, settings.default_memory_ratio, settings.kubevirt_cpu_allocation_ratio
     )
     decision = decide(inputs, list(expectations.creates), list(expectations.deletes), defaults, runtime.now())
+    # The one place the typed status becomes the wire's camelCase, and only the fields it sets.
+    status = decision.status.model_dump(mode="json", by_alias=True, exclude_unset=True)
     outcome = PoolOutcome(
-        wake_at=decision.wake_at, rollout_done_template=decision.rollout_done_template, status=decision.status
+        wake_at=decision.wake_at, rollout_done_template=decision.rollout_done_template, status=status
     )
     if decision.rendering is not None:
         if decision.pending:
@@ -51,7 +53,7 @@ async def reconcile_pool(runtime: Runtime, inputs: PoolInputs) -> PoolOutcome:
         else:
             runtime.waiting_for_capacity.discard(key)
         await _execute(runtime, inputs, decision.rendering, decision.plan, outcome)
-    await _write_status(runtime, inputs, decision.status)
+    await _write_status(runtime, inputs, status)
     outcome.events.extend(decision.events)
     if decision.rendering is not None:
         # A create or delete the watch never shows expires after EXPECTATION_TTL; no event will come
