@@ -18,21 +18,15 @@ from virtfleet.core import conditions, plan_executor
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.migration_planner import Plan, limits_of
 from virtfleet.core.plan_executor import Attempt, ColdMove, Controls, Entry, World
-from virtfleet.core.status import differing, stamp
+from virtfleet.core.status import ObjectInputs, differing, stamp
 
 Event = tuple[str, str, str]  # (type, reason, message)
 
 
 @dataclass(frozen=True)
-class PlanInputs:
+class PlanInputs(ObjectInputs):
     """Everything one reconcile of a plan reads, gathered from kopf's body and indexes."""
 
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any]
     placements: Sequence[Placed] = ()
     nodes: Sequence[NodeFacts] = ()
     pool_ratios: Mapping[str, tuple[float, float]] = field(default_factory=dict)

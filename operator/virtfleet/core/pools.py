@@ -37,6 +37,7 @@ from virtfleet.core.render import (
     render_vm,
 )
 from virtfleet.core.revisions import RevisionFacts, TemplateFacts
+from virtfleet.core.status import ObjectInputs
 
 
 @dataclass(frozen=True)
@@ -267,15 +268,9 @@ def current_revision(facts: PoolFacts) -> str:
 
 
 @dataclass(frozen=True)
-class PoolInputs:
+class PoolInputs(ObjectInputs):
     """Everything one reconcile of a pool reads, gathered from kopf's body and indexes."""
 
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any]
     template: TemplateFacts | None
     revisions: Sequence[RevisionFacts]
     members: Sequence[Member]

@@ -1,11 +1,25 @@
-"""What the status of every kind shares: the one diff that makes a merge patch, and the timestamps
-status and records carry (RFC 3339, UTC, with 'Z')."""
+"""What every kind's reconcile shares: the object it is about, the one diff that makes a merge patch of
+its status, and the timestamps status and records carry (RFC 3339, UTC, with 'Z')."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+
+@dataclass(frozen=True)
+class ObjectInputs:
+    """The object one reconcile is about, as kopf's body shows it; each kind's inputs add what its
+    decision reads from kopf's indexes."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
 
 
 def differing(desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
