@@ -155,7 +155,8 @@ def cold_move_of(body: Mapping[str, Any]) -> tuple[str, ColdMove] | None:
             target=str(record["target"]),
             run_strategy=str(record["runStrategy"]),
             started=parse_time(record["startedAt"]),
-            stage=ColdStage(record["stage"]),
+            # A stage we never write (a hand edit) reads as a move still starting, as it always has.
+            stage=ColdStage(record["stage"]) if record["stage"] in set(ColdStage) else ColdStage.STARTING,
             failure=str(record.get("failure", "")),
             finished=parse_time(record["finishedAt"]) if record.get("finishedAt") else None,
             halted=(body.get("spec") or {}).get("runStrategy") == "Halted",
