@@ -17,6 +17,7 @@ from virtfleet.api.labels import DIRTY_RATE_ANNOTATION, matches
 from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.core import precopy
 from virtfleet.core.kubevirt import SpecError, launcher_requests
+from virtfleet.core.status import differing
 from virtfleet.kube.client import (
     MIGRATION_POLICIES,
     MIGRATIONS,
@@ -330,7 +331,7 @@ class Twin:
         facts = self._vmi_facts(key)
         current = vm.get("status") or {}
         desired = vm_status(vm, facts, self.clock.stamp(), current)
-        if any(current.get(k) != v for k, v in desired.items()):
+        if differing(desired, current):
             updated = await self.kube.patch(
                 VIRTUAL_MACHINES, namespace, name, {"status": desired}, subresource="status"
             )
