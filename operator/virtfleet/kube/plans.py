@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,20 +19,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from virtfleet import API_VERSION
 from virtfleet.api import reasons
 from virtfleet.api.labels import (
-    ATTEMPT_LABEL,
-    COLD_MOVE_ANNOTATION,
-    CORDONED_BY_ANNOTATION,
     HOSTNAME_LABEL,
-    NAMESPACE_NAME_LABEL,
-    PLAN_ANNOTATION,
     PLAN_LABEL,
-    VM_ANNOTATION,
 )
 from virtfleet.api.migrationplan import ColdStage, MigrationPlanSpec
 from virtfleet.core import plan_executor, plans
+from virtfleet.core import plan_objects as objects
 from virtfleet.core.migration_planner import Plan, build_plan
 from virtfleet.core.plan_executor import (
     AbortMigration,
@@ -75,10 +68,6 @@ class PlanOutcome:
     events: list[Event] = field(default_factory=list)
     wake_at: datetime | None = None
     finished: list[plan_executor.VMState] = field(default_factory=list)  # VMs that finished in this step
-
-
-def policy_name(uid: str) -> str:
-    return f"virtfleet-{uid}"
 
 
 async def reconcile_plan(runtime: Runtime, inputs: PlanInputs) -> PlanOutcome:
@@ -198,11 +187,6 @@ async def _write_status(
 # -- actions -------------------------------------------------------------------------------------------
 
 
-def _owner(inputs: PlanInputs) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "MigrationPlan", "name": inputs.name, "uid": inputs.uid,
-            "controller": True}  # fmt: skip
-
-
 ACTION_CONCURRENCY = 16
 
 
@@ -272,24 +256,9 @@ async def label_plan_vmis(kube: Kube, inputs: PlanInputs, names: Iterable[str]) 
 async def _create_migration(
     kube: Kube, inputs: PlanInputs, action: StartMigration, hostnames: Mapping[str, str]
 ) -> None:
-    body = {
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstanceMigration",
-        "metadata": {
-            "name": action.name,
-            "namespace": inputs.namespace,
-            "labels": {PLAN_LABEL: inputs.uid, ATTEMPT_LABEL: str(action.attempt)},
-            "annotations": {VM_ANNOTATION: action.vm},
-            "ownerReferences": [_owner(inputs)],
-        },
-        "spec": {
-            "vmiName": action.vm,
-            "addedNodeSelector": {HOSTNAME_LABEL: hostnames.get(action.target, action.target)},
-        },
-    }
     # Conflict: created before a restart or from a stale cache; never a second one.
     with contextlib.suppress(Conflict):
-        await kube.create(MIGRATIONS, inputs.namespace, body)
+        await kube.create(MIGRATIONS, inputs.namespace, objects.migration(inputs, action, hostnames))
 
 
 async def _label_vmi(kube: Kube, inputs: PlanInputs, vm: str) -> None:
@@ -297,65 +266,27 @@ async def _label_vmi(kube: Kube, inputs: PlanInputs, vm: str) -> None:
     await kube.patch(VIRTUAL_MACHINE_INSTANCES, inputs.namespace, vm, {"metadata": {"labels": labels}})
 
 
-def _cold_record(inputs: PlanInputs, **fields: Any) -> str:
-    return json.dumps({"plan": inputs.uid, **fields}, sort_keys=True)
-
-
 async def _stop_for_cold_move(
     kube: Kube, inputs: PlanInputs, action: StopForColdMove, hostnames: Mapping[str, str], now: datetime
 ) -> None:
-    """Stage 1: remember how the VM ran, pin it to the target, stop it (one write, guarded by its
-    resourceVersion so a concurrent edit is never overwritten)."""
+    """Stage 1: remember how the VM ran, pin it to the target, stop it (one write)."""
     vm = await kube.get(VIRTUAL_MACHINES, inputs.namespace, action.vm)
-    spec = vm.get("spec") or {}
-    strategy = spec.get("runStrategy")
-    if strategy not in ("Always", "RerunOnFailure"):
+    strategy = (vm.get("spec") or {}).get("runStrategy")
+    if strategy not in objects.COLD_RUN_STRATEGIES:
         raise ApiException(
             status=422, reason=f"cold moves need runStrategy Always or RerunOnFailure, not {strategy}"
         )
-    template_spec = (spec.get("template") or {}).get("spec") or {}
-    record = _cold_record(
-        inputs,
-        attempt=action.attempt,
-        target=action.target,
-        runStrategy=strategy,
-        pinned=(template_spec.get("nodeSelector") or {}).get(HOSTNAME_LABEL),
-        startedAt=stamp(now),
-        stage=ColdStage.STOPPING,
-    )
-    pin = {HOSTNAME_LABEL: hostnames.get(action.target, action.target)}
-    await kube.patch(
-        VIRTUAL_MACHINES,
-        inputs.namespace,
-        action.vm,
-        {
-            "metadata": {"annotations": {COLD_MOVE_ANNOTATION: record},
-                         "resourceVersion": vm["metadata"]["resourceVersion"]},
-            "spec": {"runStrategy": "Halted", "template": {"spec": {"nodeSelector": pin}}},
-        },
-    )  # fmt: skip
+    patch = objects.stop_for_cold_move(vm, inputs.uid, action, hostnames, now)
+    await kube.patch(VIRTUAL_MACHINES, inputs.namespace, action.vm, patch)
 
 
 async def _cold_update(
     kube: Kube, inputs: PlanInputs, vm_name: str, run_strategy: str | None, unpin: bool, **changes: Any
 ) -> None:
     vm = await kube.get(VIRTUAL_MACHINES, inputs.namespace, vm_name)
-    record = json.loads((vm["metadata"].get("annotations") or {}).get(COLD_MOVE_ANNOTATION) or "{}")
-    if record.get("plan") != inputs.uid:
-        return
-    record.update(changes)
-    spec: dict[str, Any] = {}
-    if run_strategy is not None:
-        spec["runStrategy"] = run_strategy
-    if unpin:
-        spec["template"] = {"spec": {"nodeSelector": {HOSTNAME_LABEL: record.get("pinned")}}}
-    patch: dict[str, Any] = {
-        "metadata": {"annotations": {COLD_MOVE_ANNOTATION: json.dumps(record, sort_keys=True)},
-                     "resourceVersion": vm["metadata"]["resourceVersion"]},
-    }  # fmt: skip
-    if spec:
-        patch["spec"] = spec
-    await kube.patch(VIRTUAL_MACHINES, inputs.namespace, vm_name, patch)
+    patch = objects.cold_update(vm, inputs.uid, run_strategy, unpin, **changes)
+    if patch is not None:
+        await kube.patch(VIRTUAL_MACHINES, inputs.namespace, vm_name, patch)
 
 
 async def _start_after_cold_move(kube: Kube, inputs: PlanInputs, action: StartAfterColdMove) -> None:
@@ -370,7 +301,7 @@ async def _start_after_cold_move(kube: Kube, inputs: PlanInputs, action: StartAf
 async def _finish_cold_move(kube: Kube, inputs: PlanInputs, action: FinishColdMove, now: datetime) -> None:
     """Stage 3: the VM runs again; unpin it and give it back its runStrategy."""
     vm = await kube.get(VIRTUAL_MACHINES, inputs.namespace, action.vm)
-    record = json.loads((vm["metadata"].get("annotations") or {}).get(COLD_MOVE_ANNOTATION) or "{}")
+    record = objects.cold_record(vm)
     changes: dict[str, Any] = {
         "stage": ColdStage.FAILED if action.failure else ColdStage.DONE,
         "finishedAt": stamp(now),
@@ -381,30 +312,9 @@ async def _finish_cold_move(kube: Kube, inputs: PlanInputs, action: FinishColdMo
 
 
 async def _ensure_policy(kube: Kube, spec: MigrationPlanSpec, inputs: PlanInputs) -> str:
-    """spec.migration as a KubeVirt MigrationPolicy selecting the plan's VMIs (labelled before each start)."""
-    options = spec.migration
-    policy_spec: dict[str, Any] = {
-        "allowPostCopy": options.allow_post_copy,
-        "allowAutoConverge": options.allow_auto_converge,
-        "completionTimeoutPerGiB": options.completion_timeout_per_gib,
-        "maxDowntimeMs": options.max_downtime_ms,
-        "selectors": {
-            "virtualMachineInstanceSelector": {PLAN_LABEL: inputs.uid},
-            "namespaceSelector": {NAMESPACE_NAME_LABEL: inputs.namespace},
-        },
-    }
-    if options.bandwidth_per_migration:
-        policy_spec["bandwidthPerMigration"] = options.bandwidth_per_migration
-    name = policy_name(inputs.uid)
-    body = {
-        "apiVersion": "migrations.kubevirt.io/v1alpha1",
-        "kind": "MigrationPolicy",
-        "metadata": {"name": name, "labels": {PLAN_LABEL: inputs.uid},
-                     "annotations": {PLAN_ANNOTATION: f"{inputs.namespace}/{inputs.name}"}},
-        "spec": policy_spec,
-    }  # fmt: skip
-    await kube.apply(MIGRATION_POLICIES, None, name, body)
-    return name
+    body = objects.migration_policy(spec, inputs)
+    await kube.apply(MIGRATION_POLICIES, None, body["metadata"]["name"], body)
+    return str(body["metadata"]["name"])
 
 
 async def delete_plan_objects(
@@ -413,7 +323,7 @@ async def delete_plan_objects(
     """A deleted plan: its MigrationPolicy goes (cluster-scoped, so not by owner reference), VMs in a cold
     move start again, VMIs lose the plan's label. Migrations go by owner reference (garbage collector)."""
     with contextlib.suppress(NotFound):
-        await kube.delete(MIGRATION_POLICIES, None, policy_name(uid))
+        await kube.delete(MIGRATION_POLICIES, None, objects.policy_name(uid))
     inputs = PlanInputs(namespace, "", uid, 0, {}, {})
     for move in cold_moves:
         if move.stage in (ColdStage.STOPPING, ColdStage.STARTING):
@@ -440,9 +350,8 @@ async def _cordon(kube: Kube, spec: MigrationPlanSpec, inputs: PlanInputs, outco
     for node in spec.nodes:
         if node not in schedulable:
             continue
-        body = {"metadata": {"annotations": {CORDONED_BY_ANNOTATION: owner}}, "spec": {"unschedulable": True}}
         try:
-            await kube.patch(NODES, None, node, body)
+            await kube.patch(NODES, None, node, objects.cordon(owner))
         except NotFound:
             continue
         cordoned.append(node)
@@ -457,8 +366,7 @@ async def _uncordon(kube: Kube, inputs: PlanInputs, nodes: Sequence[str], outcom
             node = await kube.get(NODES, None, name)
         except NotFound:
             continue
-        if (node["metadata"].get("annotations") or {}).get(CORDONED_BY_ANNOTATION) != owner:
+        if objects.cordoned_by(node) != owner:
             continue  # someone else cordoned it since, or already uncordoned
-        body = {"metadata": {"annotations": {CORDONED_BY_ANNOTATION: None}}, "spec": {"unschedulable": None}}
-        await kube.patch(NODES, None, name, body)
+        await kube.patch(NODES, None, name, objects.uncordon())
         outcome.events.append(("Normal", reasons.NODE_UNCORDONED, f"uncordoned {name}"))
