@@ -14,7 +14,8 @@ from virtfleet.core.capacity import NodeFacts
 from virtfleet.core.pools import Member, PoolInputs
 from virtfleet.core.revisions import RevisionFacts, TemplateFacts, revision_hash
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES
-from virtfleet.kube.pools import reconcile_pool
+from virtfleet.kube.pools import PoolOutcome, reconcile_pool
+from virtfleet.kube.runtime import Runtime
 
 GIB = 2**30
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -61,10 +62,7 @@ async def test_a_new_pool_creates_its_vms_and_writes_status_once() -> None:
 
 @pytest.mark.usefixtures("frozen")
 async def test_a_converged_pool_writes_nothing() -> None:
-    first = FakeKube(("create", VIRTUAL_MACHINES), ("patch/status", VIRTUAL_MACHINE_POOLS))
-    runtime = runtime_with(first)
-    created = await reconcile_pool(runtime, inputs())
-    members = [Member(f"web-{i}", i, DIGEST, _pool_hash(first, i), True, NOW, uid=f"u{i}") for i in range(2)]
+    runtime, created, members = await _two_ready_vms()
     runtime.kube = FakeKube(("patch/status", VIRTUAL_MACHINE_POOLS))  # type: ignore[assignment]
     ready = await reconcile_pool(runtime, inputs(created.status, members))  # the VMs became Ready
     kube = FakeKube()  # nothing allowed: any write fails the test
@@ -89,10 +87,7 @@ async def test_a_missing_template_is_reported_and_no_vm_is_touched() -> None:
 
 @pytest.mark.usefixtures("frozen")
 async def test_scale_in_deletes_only_the_surplus() -> None:
-    first = FakeKube(("create", VIRTUAL_MACHINES), ("patch/status", VIRTUAL_MACHINE_POOLS))
-    runtime = runtime_with(first)
-    created = await reconcile_pool(runtime, inputs())
-    members = [Member(f"web-{i}", i, DIGEST, _pool_hash(first, i), True, NOW, uid=f"u{i}") for i in range(2)]
+    runtime, created, members = await _two_ready_vms()
     kube = FakeKube(("delete", VIRTUAL_MACHINES), ("patch/status", VIRTUAL_MACHINE_POOLS),
                     objects={("", "virtualmachines", "ns/web-1"): {}})  # fmt: skip
     runtime.kube = kube  # type: ignore[assignment]
@@ -102,6 +97,15 @@ async def test_scale_in_deletes_only_the_surplus() -> None:
     assert [reason for _, reason, _ in outcome.events] == [reasons.SUCCESSFUL_DELETE]
 
 
-def _pool_hash(kube: FakeKube, ordinal: int) -> str:
-    vm = kube.objects["virtualmachines", f"ns/web-{ordinal}"]
-    return str(vm["metadata"]["annotations"]["virtfleet.io/pool-hash"])
+async def _two_ready_vms() -> tuple[Runtime, PoolOutcome, list[Member]]:
+    """A new pool's first reconcile, and its two VMs as the watch then shows them, Ready."""
+    first = FakeKube(("create", VIRTUAL_MACHINES), ("patch/status", VIRTUAL_MACHINE_POOLS))
+    runtime = runtime_with(first)
+    created = await reconcile_pool(runtime, inputs())
+    hashes = [first.objects["virtualmachines", f"ns/web-{i}"]["metadata"]["annotations"]["virtfleet.io/pool-hash"]
+              for i in range(2)]  # fmt: skip
+    return (
+        runtime,
+        created,
+        [Member(f"web-{i}", i, DIGEST, hashes[i], True, NOW, uid=f"u{i}") for i in range(2)],
+    )
