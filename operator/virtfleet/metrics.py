@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_creat
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from virtfleet.api.migrationplan import VMPhase
 from virtfleet.core import plan_executor
 from virtfleet.core.capacity import Capacity, NodeFacts, VMLoad, effective_cpu_ratio, effective_memory_ratio
 
@@ -128,7 +129,7 @@ def record_plan(
     status: Mapping[str, Any],
     finished: Iterable[plan_executor.VMState],
 ) -> None:
-    counts = {phase: 0 for phase in plan_executor.VM_PHASES}
+    counts = {phase: 0 for phase in tuple(VMPhase)}
     for vm in status.get("vms") or []:
         if vm.get("phase") in counts:
             counts[vm["phase"]] += 1
@@ -142,7 +143,7 @@ def record_plan(
         )
         PLAN_MAKESPAN.labels(namespace, plan, "actual").set((end - start).total_seconds())
     for vm in finished:
-        if vm.phase != plan_executor.SUCCEEDED:
+        if vm.phase != VMPhase.SUCCEEDED:
             continue
         method = vm.entry.method
         MIGRATION_SECONDS.labels(method, "estimated").observe(vm.entry.estimated_duration_s)
@@ -154,7 +155,7 @@ def record_plan(
 
 
 def forget_plan(namespace: str, plan: str) -> None:
-    for phase in plan_executor.VM_PHASES:
+    for phase in tuple(VMPhase):
         with contextlib.suppress(KeyError):
             PLAN_VMS.remove(namespace, plan, phase)
     for kind in ("estimated", "actual"):

@@ -39,8 +39,8 @@ from fault_helpers import (
     trial_random,
 )
 
+from virtfleet.api.labels import ORDINAL_LABEL, POOL_LABEL, REVISION_LABEL
 from virtfleet.api.vmtemplate import VMTemplateSpec
-from virtfleet.core.render import ORDINAL_LABEL, POOL_LABEL, REVISION_LABEL
 from virtfleet.core.revisions import revision_hash
 from virtfleet.kube.client import (
     MIGRATION_PLANS,

@@ -18,6 +18,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -31,24 +32,25 @@ from pydantic import BaseModel, ValidationError
 
 from virtfleet.api.base import QUANTITY_PATTERN
 from virtfleet.api.crd import KINDS, openapi_schema
+from virtfleet.api.labels import CPUMANAGER_LABEL, POOL_LABEL
 from virtfleet.api.migrationplan import MigrationPlanSpec, MigrationPlanStatus
 from virtfleet.api.pool import VirtualMachinePoolSpec
 from virtfleet.api.quantity import parse_bytes, parse_millicores
 from virtfleet.api.vmtemplate import VMTemplateSpec
-from virtfleet.core.capacity import Cell, NodeFacts, VMLoad
-from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests, launcher_requests
-from virtfleet.core.migration_planner import Limits, Move, PlanRequest, PlanVM, Timing, plan_migrations
-from virtfleet.core.render import (
-    POOL_LABEL,
-    PoolContext,
-    RenderError,
-    check_compatible,
-    render_vm,
-    vm_name,
+from virtfleet.core.capacity import Cell, NodeFacts, Placed, VMLoad
+from virtfleet.core.kubevirt import LauncherRequests, launcher_requests
+from virtfleet.core.migration_planner import (
+    Limits,
+    Move,
+    PlanRequest,
+    PlanVM,
+    Timing,
+    build_plan,
+    plan_migrations,
 )
+from virtfleet.core.plans import planned_status
+from virtfleet.core.render import PoolContext, RenderError, check_compatible, render_vm, vm_name
 from virtfleet.core.validation import validate_template
-from virtfleet.kube.facts import Placed
-from virtfleet.kube.plans import build_plan, plan_status
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("VIRTFLEET_FUZZ_EXAMPLES", "200"))
@@ -973,6 +975,6 @@ def test_plan_handler_path_never_raises_and_writes_a_valid_status(
     """What the MigrationPlan handler does with a parsed spec: select, plan, and write status."""
     spec, placements, nodes = inputs
     plan = build_plan(spec, "ns", placements, nodes, ratios)
-    status = plan_status(spec, plan, {}, 1)
+    status = planned_status(spec, plan, {}, 1, datetime(2026, 12, 1, tzinfo=UTC))
     MigrationPlanStatus.model_validate(status)
     json.dumps(status)

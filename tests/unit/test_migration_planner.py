@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virtfleet.core.capacity import NodeFacts, VMLoad
+from virtfleet.api.migrationplan import MigrationPlanSpec
+from virtfleet.core.capacity import NodeFacts, Placed, VMLoad
 from virtfleet.core.kubevirt import launcher_requests
-from virtfleet.core.migration_planner import Limits, PlanRequest, PlanVM, plan_migrations
+from virtfleet.core.migration_planner import Limits, PlanRequest, PlanVM, build_plan, plan_migrations, select
 
 GIB = 2**30
 
@@ -251,3 +252,34 @@ def test_spread_and_anti_affinity_hold_on_every_plan(
     assert len(plan.moves) + len([u for u in plan.unplaceable if not u[0].startswith("node/")]) == sum(
         1 for vm in fleet if vm.node in drained
     )
+
+
+# -- from a MigrationPlan's spec to the planner's request --------------------------------------------------
+
+
+def placed(name: str, node: str, pool: str = "web", namespace: str = "ns", **annotations: str) -> Placed:
+    return Placed(f"{namespace}/{name}", node, requests(), labels=(("virtfleet.io/pool", pool),),
+                  annotations=tuple(annotations.items()))  # fmt: skip
+
+
+SPEC_FLEET = [placed("web-0", "n0"), placed("web-1", "n0"), placed("db-0", "n0", pool="db"),
+              placed("web-2", "n1"), placed("other", "n0", namespace="elsewhere")]  # fmt: skip
+
+
+def test_selection_is_namespaced_and_combines_fields() -> None:
+    spec = MigrationPlanSpec.model_validate(
+        {"goal": "drain", "nodes": ["n0"], "selection": {"pools": ["web"]}}
+    )
+    assert [p.key for p in select(spec, "ns", SPEC_FLEET, {})] == ["ns/web-0", "ns/web-1", "ns/web-2"]
+    spec = MigrationPlanSpec.model_validate(
+        {"goal": "drain", "nodes": ["n0"], "selection": {"vms": ["db-0"]}}
+    )
+    assert [p.key for p in select(spec, "ns", SPEC_FLEET, {})] == ["ns/db-0"]
+
+
+def test_priority_annotation_orders_the_moves() -> None:
+    vms = [placed("a", "n0"), placed("b", "n0", **{"virtfleet.io/priority": "10"})]
+    spec = MigrationPlanSpec.model_validate({"goal": "drain", "nodes": ["n0"], "dryRun": True,
+                                             "limits": {"maxParallel": 1}})  # fmt: skip
+    plan = build_plan(spec, "ns", vms, fleet(3), {})
+    assert [m.vm for m in plan.moves] == ["ns/b", "ns/a"]

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virtfleet.api.migrationplan import PlannedVM
 from virtfleet.core import plan_executor as ex
 from virtfleet.core.plan_executor import (
     AbortMigration,
@@ -51,11 +50,6 @@ def attempt(vm: str, number: int, phase: str, at: datetime = T0, failure: str = 
 
 def starts(result: ex.Step) -> list[StartMigration]:
     return [a for a in result.actions if isinstance(a, StartMigration)]
-
-
-def test_phases_are_the_ones_the_api_accepts() -> None:
-    allowed = PlannedVM.model_json_schema()["properties"]["phase"]["enum"]
-    assert tuple(allowed) == ex.VM_PHASES
 
 
 def test_starts_in_order_up_to_max_parallel_and_per_node_limits() -> None:

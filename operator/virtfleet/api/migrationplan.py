@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
@@ -143,9 +144,39 @@ class MigrationPlanSpec(Model):
     )
 
 
-VMPhase = Literal[
-    "Planned", "Waiting", "Migrating", "Stopping", "Starting", "Succeeded", "Failed", "Cancelled", "Skipped"
-]
+class VMPhase(StrEnum):
+    """A VM's phase in status.vms: the API's and the executor's one spelling."""
+
+    PLANNED = "Planned"
+    WAITING = "Waiting"  # a failed attempt's backoff
+    MIGRATING = "Migrating"  # a live migration in flight
+    STOPPING = "Stopping"  # cold: the VM is being stopped
+    STARTING = "Starting"  # cold: the VM starts on the target
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    SKIPPED = "Skipped"  # the VM went away or was moved by someone else
+
+
+class ColdStage(StrEnum):
+    """Where a cold move stands, in the VM's virtfleet.io/cold-move annotation."""
+
+    STOPPING = "stopping"
+    STARTING = "starting"
+    FAILED = "failed"
+    DONE = "done"
+
+
+class PlanPhase(StrEnum):
+    """A plan's status.phase."""
+
+    PENDING = "Pending"
+    PLANNED = "Planned"  # a dry run: planned, and it stays so
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
 
 
 class PlannedVM(Model):
@@ -158,7 +189,7 @@ class PlannedVM(Model):
     method: Literal["live", "cold"] = Field(description="How it moves.")
     wave: int = Field(ge=0, description="Start round (or explicit wave).")
     phase: VMPhase = Field(
-        default="Planned",
+        default=VMPhase.PLANNED,
         description="Planned, Waiting (backoff before a retry), Migrating (live), Stopping/Starting (cold),"
         " Succeeded, Failed, Cancelled, Skipped (the VM went away or moved outside the plan).",
     )
@@ -192,9 +223,7 @@ class Unplaceable(Model):
 class MigrationPlanStatus(BaseStatus):
     """Observed state of a plan."""
 
-    phase: Literal["Pending", "Planned", "Running", "Paused", "Succeeded", "Failed", "Cancelled"] | None = (
-        Field(default=None, description="Where the plan is.")
-    )
+    phase: PlanPhase | None = Field(default=None, description="Where the plan is.")
     total: int = Field(default=0, ge=0, description="VMs in the plan, the unplaceable included.")
     done: int = Field(default=0, ge=0, description="VMs moved.")
     failed: int = Field(default=0, ge=0, description="VMs that failed to move, the unplaceable included.")

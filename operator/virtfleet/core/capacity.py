@@ -16,11 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtfleet.api.labels import CPUMANAGER_LABEL, NUMA_ANNOTATION, matches
 from virtfleet.api.quantity import QuantityError, parse_bytes, parse_millicores
 from virtfleet.core.cpulist import parse_cpu_list
-from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests
-
-NUMA_ANNOTATION = "virtfleet.io/numa-topology"
+from virtfleet.core.kubevirt import LauncherRequests
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,23 @@ class VMLoad:
         return 0 if huge else self.requests.guest_memory_bytes
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A VMI's footprint: where it runs (None: not yet) and what it requests, plus what a migration plan
+    needs to know of it."""
+
+    key: str
+    node: str | None
+    requests: LauncherRequests
+    labels: tuple[tuple[str, str], ...] = ()
+    live_migratable: bool = True
+    annotations: tuple[tuple[str, str], ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    anti_affinity: bool = False  # a required pod anti-affinity on the hostname
+    spread: tuple[str, int] | None = None  # the first DoNotSchedule topology spread: (key, maxSkew)
+    running: bool = False  # status.phase Running (a placed VMI may still be Scheduled, booting)
+
+
 @dataclass
 class NodeUsage:
     cpu_millis: int = 0
@@ -170,7 +186,7 @@ class Capacity:
         for node in self.nodes.values():
             if not (node.ready and node.schedulable) or node.tainted:
                 continue
-            if any(node.labels.get(k) != v for k, v in node_selector.items()):
+            if not matches(node.labels, node_selector):
                 continue
             if dedicated and not node.cpumanager:
                 continue

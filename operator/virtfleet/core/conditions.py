@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from virtfleet.core.status import stamp_seconds
+
 Status = Literal["True", "False", "Unknown"]
 
 # Condition types shared by every kind.
@@ -35,10 +37,6 @@ class Desired:
     message: str = ""
 
 
-def _timestamp(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def merge(
     current: Iterable[Mapping[str, Any]] | None,
     desired: Iterable[Desired],
@@ -53,7 +51,7 @@ def merge(
         if before is not None and before.get("status") == want.status and before.get("lastTransitionTime"):
             transition = before["lastTransitionTime"]
         else:
-            transition = _timestamp(now)
+            transition = stamp_seconds(now)
         entry: dict[str, Any] = {
             "type": want.type,
             "status": want.status,

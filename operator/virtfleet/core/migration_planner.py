@@ -18,17 +18,28 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from virtfleet.api.labels import DIRTY_RATE_ANNOTATION, POOL_LABEL, PRIORITY_ANNOTATION, matches
+from virtfleet.api.migrationplan import MigrationLimits, MigrationPlanSpec
+from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.core import precopy
-from virtfleet.core.capacity import Capacity, NodeFacts, VMLoad, effective_cpu_ratio, effective_memory_ratio
+from virtfleet.core.capacity import (
+    Capacity,
+    NodeFacts,
+    Placed,
+    VMLoad,
+    effective_cpu_ratio,
+    effective_memory_ratio,
+)
 from virtfleet.core.kubevirt import LauncherRequests
 
 Goal = Literal["drain", "move", "rebalance"]
 Order = Literal["priority", "smallestFirst", "largestFirst", "waves"]
 Method = Literal["live", "cold", "liveWithColdFallback"]
+DEFAULT_DIRTY_RATE = 50 * 2**20  # bytes/s a guest dirties when its VMI does not say
 COLD_DOWNTIME_PER_GIB = 2.0  # seconds a cold move keeps a VM down per GiB (stop, re-place, boot)
 
 
@@ -42,7 +53,7 @@ class PlanVM:
     memory_ratio: float = 1.0
     live_migratable: bool = True
     priority: int = 0
-    dirty_rate_bps: float = 50 * 2**20
+    dirty_rate_bps: float = DEFAULT_DIRTY_RATE
     # The VMI's own placement rules, which the scheduler enforces on the migration's target pod:
     node_selector: tuple[tuple[str, str], ...] = ()
     anti_affinity: bool = False  # required: no two VMs of its pool on one node
@@ -149,9 +160,7 @@ def _to_move(request: PlanRequest, capacity: Capacity, plan: Plan) -> list[PlanV
         selector = request.target_selector
         nodes = capacity.nodes
         return [
-            vm
-            for vm in request.vms
-            if vm.node not in nodes or any(nodes[vm.node].labels.get(k) != v for k, v in selector.items())
+            vm for vm in request.vms if vm.node not in nodes or not matches(nodes[vm.node].labels, selector)
         ]
     # Rebalance: take the largest VMs off the most loaded node until no node is over a threshold.
     by_node: dict[str, list[PlanVM]] = defaultdict(list)
@@ -213,10 +222,7 @@ class _Targets:
         self.allowed = {
             n.name
             for n in capacity.nodes.values()
-            if n.ready
-            and n.schedulable
-            and not n.tainted
-            and all(n.labels.get(k) == v for k, v in selector.items())
+            if n.ready and n.schedulable and not n.tainted and matches(n.labels, selector)
         } - self.excluded
         self.heap = [(-self._free(name), name) for name in self.allowed]
         heapq.heapify(self.heap)
@@ -393,3 +399,122 @@ def _schedule(moves: list[Move], limits: Limits, wave_of: Mapping[str, int]) -> 
             while wave_left.get(current_wave, 0) == 0 and current_wave < max(wave_left, default=0):
                 current_wave += 1
     return sorted(scheduled, key=lambda m: (m.start_s, m.vm))
+
+
+# -- from a MigrationPlan's spec ------------------------------------------------------------------------
+
+
+def limits_of(limits: MigrationLimits) -> Limits:
+    """spec.limits as the planner and the executor both read them (no budget: no limit)."""
+    return Limits(
+        max_parallel=limits.max_parallel,
+        max_outbound_per_node=limits.max_outbound_per_node,
+        max_inbound_per_node=limits.max_inbound_per_node,
+        pool_budget=limits.pool_disruption_budget or Limits.pool_budget,
+    )
+
+
+def select(
+    spec: MigrationPlanSpec, namespace: str, placements: Iterable[Placed], nodes: Mapping[str, NodeFacts]
+) -> list[Placed]:
+    """The VMs of `namespace` the plan's selection covers, placed on a node."""
+    chosen = []
+    selection = spec.selection
+    for placed in placements:
+        vm_namespace, name = placed.key.split("/", 1)
+        if vm_namespace != namespace or placed.node is None:
+            continue
+        labels = dict(placed.labels)
+        if selection.pools and labels.get(POOL_LABEL) not in selection.pools:
+            continue
+        if selection.vms and name not in selection.vms:
+            continue
+        if not matches(labels, selection.match_labels):
+            continue
+        if selection.nodes and placed.node not in selection.nodes:
+            continue
+        chosen.append(placed)
+    return chosen
+
+
+def _plan_vm(placed: Placed, ratios: Mapping[str, tuple[float, float]]) -> PlanVM:
+    labels = dict(placed.labels)
+    annotations = dict(placed.annotations)
+    pool = labels.get(POOL_LABEL, "")
+    cpu_ratio, memory_ratio = ratios.get(pool, (1.0, 1.0))
+    try:
+        dirty = float(parse_bytes(annotations[DIRTY_RATE_ANNOTATION]))
+        if not 0 <= dirty < float("inf"):
+            dirty = DEFAULT_DIRTY_RATE
+    except (KeyError, QuantityError, OverflowError):
+        dirty = DEFAULT_DIRTY_RATE
+    try:
+        priority = int(annotations.get(PRIORITY_ANNOTATION, "0"))
+    except ValueError:
+        priority = 0
+    return PlanVM(
+        key=placed.key,
+        pool=pool,
+        node=placed.node or "",
+        requests=placed.requests,
+        cpu_ratio=cpu_ratio,
+        memory_ratio=memory_ratio,
+        live_migratable=placed.live_migratable,
+        priority=priority,
+        dirty_rate_bps=dirty,
+        node_selector=placed.node_selector,
+        anti_affinity=placed.anti_affinity,
+        spread=placed.spread,
+    )
+
+
+def _pool_nodes(namespace: str, placements: Iterable[Placed]) -> dict[str, list[str]]:
+    where: dict[str, list[str]] = {}
+    for placed in placements:
+        pool = dict(placed.labels).get(POOL_LABEL)
+        if pool and placed.node and placed.key.startswith(f"{namespace}/"):
+            where.setdefault(pool, []).append(placed.node)
+    return where
+
+
+def build_plan(
+    spec: MigrationPlanSpec,
+    namespace: str,
+    placements: list[Placed],
+    nodes: list[NodeFacts],
+    pool_ratios: Mapping[str, tuple[float, float]],
+) -> Plan:
+    """The request the spec makes of the planner, over what the indexes show, and its plan."""
+    node_map = {n.name: n for n in nodes}
+    selected = [_plan_vm(p, pool_ratios) for p in select(spec, namespace, placements, node_map)]
+    options = spec.migration
+    bandwidth = Timing.bandwidth_bps
+    if options.bandwidth_per_migration:
+        try:
+            cap = parse_bytes(options.bandwidth_per_migration)
+        except QuantityError:
+            cap = 0
+        bandwidth = min(bandwidth, cap) if cap > 0 else bandwidth
+    request = PlanRequest(
+        goal=spec.goal,
+        vms=selected,
+        nodes=nodes,
+        placed=[VMLoad(p.requests, p.node) for p in placements if p.node],
+        pool_nodes=_pool_nodes(namespace, placements),
+        drain_nodes=frozenset(spec.nodes),
+        target_selector=dict(spec.target_selector),
+        cpu_threshold=spec.thresholds.cpu_ratio,
+        memory_threshold=spec.thresholds.memory_ratio,
+        method=spec.method,
+        order=spec.order,
+        waves=[[f"{namespace}/{name}" for name in wave] for wave in spec.waves],
+        limits=limits_of(spec.limits),
+        timing=Timing(
+            bandwidth_bps=bandwidth,
+            max_downtime_s=options.max_downtime_ms / 1000,
+            allow_post_copy=options.allow_post_copy,
+            allow_auto_converge=options.allow_auto_converge,
+            completion_timeout_per_gib=options.completion_timeout_per_gib,
+        ),
+    )
+    return plan_migrations(request)

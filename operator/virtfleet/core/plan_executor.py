@@ -20,29 +20,11 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from virtfleet.api import reasons
+from virtfleet.api.migrationplan import ColdStage, PlanPhase, VMPhase
 
-# Per-VM phases in status.vms.
-PLANNED = "Planned"
-WAITING = "Waiting"  # a failed attempt's backoff
-MIGRATING = "Migrating"  # a live migration in flight
-STOPPING = "Stopping"  # cold: the VM is being stopped
-STARTING = "Starting"  # cold: the VM starts on the target
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-CANCELLED = "Cancelled"
-SKIPPED = "Skipped"  # the VM went away or was moved by someone else
-VM_PHASES = (PLANNED, WAITING, MIGRATING, STOPPING, STARTING, SUCCEEDED, FAILED, CANCELLED, SKIPPED)
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
-IN_FLIGHT = frozenset({MIGRATING, STOPPING, STARTING})
-
-# Plan phases.
-PLAN_PENDING = "Pending"
-PLAN_RUNNING = "Running"
-PLAN_PAUSED = "Paused"
-PLAN_SUCCEEDED = "Succeeded"
-PLAN_FAILED = "Failed"
-PLAN_CANCELLED = "Cancelled"
-PLAN_TERMINAL = frozenset({PLAN_SUCCEEDED, PLAN_FAILED, PLAN_CANCELLED})
+TERMINAL = frozenset({VMPhase.SUCCEEDED, VMPhase.FAILED, VMPhase.CANCELLED, VMPhase.SKIPPED})
+IN_FLIGHT = frozenset({VMPhase.MIGRATING, VMPhase.STOPPING, VMPhase.STARTING})
+PLAN_TERMINAL = frozenset({PlanPhase.SUCCEEDED, PlanPhase.FAILED, PlanPhase.CANCELLED})
 
 VMIM_DONE = frozenset({"Succeeded", "Failed"})
 COLD_TIMEOUT = timedelta(minutes=10)  # a cold move whose VM is not running on the target by then fails
@@ -100,7 +82,7 @@ class ColdMove:
     target: str
     run_strategy: str  # to restore when starting the VM again
     started: datetime
-    stage: Literal["stopping", "starting", "failed", "done"]
+    stage: ColdStage
     failure: str = ""
     finished: datetime | None = None
     halted: bool = True  # the VM's runStrategy is Halted right now
@@ -203,7 +185,7 @@ class VMState:
 class Step:
     actions: list[Action] = field(default_factory=list)
     vms: list[VMState] = field(default_factory=list)
-    phase: str = PLAN_RUNNING
+    phase: PlanPhase = PlanPhase.RUNNING
     reason: str = ""
     message: str = ""
     wake_at: datetime | None = None  # the earliest time something becomes due without an event
@@ -213,7 +195,7 @@ class Step:
 
     @property
     def finally_failed(self) -> int:
-        return self.count(FAILED)
+        return self.count(VMPhase.FAILED)
 
     @property
     def in_flight(self) -> int:
@@ -236,32 +218,34 @@ def observe(entry: Entry, world: World, controls: Controls) -> VMState:
         return _observe_cold(entry, world, controls, node, has_vmi, expected)
     last = attempts[-1] if attempts else None
     number = max(last.number if last else 0, expected)
-    base = VMState(entry, PLANNED, attempts=number, node=node)
+    base = VMState(entry, VMPhase.PLANNED, attempts=number, node=node)
     if (last is not None and last.phase == "Succeeded") or (node == entry.target and not attempts):
         started = last.started or last.created if last else None
         finished = last.finished if last else None
         return replace(
-            base, phase=SUCCEEDED, started=started, finished=finished, duration_s=_seconds(started, finished),
+            base, phase=VMPhase.SUCCEEDED, started=started, finished=finished, duration_s=_seconds(started, finished),
             migration=last.name if last else "",
         )  # fmt: skip
     if expected > (last.number if last else 0) or (last is not None and last.in_flight):
         return replace(
-            base, phase=MIGRATING, migration=last.name if last and last.in_flight else "",
+            base, phase=VMPhase.MIGRATING, migration=last.name if last and last.in_flight else "",
             started=(last.started or last.created) if last and last.in_flight else None,
         )  # fmt: skip
     if not has_vmi:
-        return replace(base, phase=SKIPPED, last_error="the VM has no running instance any more")
+        return replace(base, phase=VMPhase.SKIPPED, last_error="the VM has no running instance any more")
     if node is not None and node != entry.source and not attempts:
-        return replace(base, phase=SKIPPED, last_error=f"moved to {node} outside the plan")
+        return replace(base, phase=VMPhase.SKIPPED, last_error=f"moved to {node} outside the plan")
     if last is None:
         return base
     failures = sum(1 for a in attempts if a.phase == "Failed")
     error = last.failure or "the migration failed"
     if failures > controls.retries:
-        return replace(base, phase=FAILED, last_error=error, finished=last.finished, migration=last.name)
+        return replace(
+            base, phase=VMPhase.FAILED, last_error=error, finished=last.finished, migration=last.name
+        )
     failed_at = world.failure_seen.get(last.name) or last.finished or last.created
     retry_at = failed_at + timedelta(seconds=controls.backoff_s * 2 ** (failures - 1))
-    phase = WAITING if retry_at > world.now else PLANNED
+    phase = VMPhase.WAITING if retry_at > world.now else VMPhase.PLANNED
     return replace(base, phase=phase, last_error=error, retry_at=retry_at, migration=last.name)
 
 
@@ -270,30 +254,30 @@ def _observe_cold(
 ) -> VMState:
     move = world.cold.get(entry.name)
     number = max(move.attempt if move else 0, expected)
-    base = VMState(entry, PLANNED, attempts=number, node=node)
+    base = VMState(entry, VMPhase.PLANNED, attempts=number, node=node)
     if move is None or move.attempt < expected:
         if expected:
-            return replace(base, phase=STOPPING)
+            return replace(base, phase=VMPhase.STOPPING)
         if has_vmi and node == entry.target:
-            return replace(base, phase=SUCCEEDED)
+            return replace(base, phase=VMPhase.SUCCEEDED)
         if not has_vmi:
-            return replace(base, phase=SKIPPED, last_error="the VM has no running instance any more")
+            return replace(base, phase=VMPhase.SKIPPED, last_error="the VM has no running instance any more")
         if node is not None and node != entry.source:
-            return replace(base, phase=SKIPPED, last_error=f"moved to {node} outside the plan")
+            return replace(base, phase=VMPhase.SKIPPED, last_error=f"moved to {node} outside the plan")
         return base
     base = replace(base, started=move.started, finished=move.finished)
-    if move.stage == "done":
+    if move.stage == ColdStage.DONE:
         duration = _seconds(move.started, move.finished)
-        return replace(base, phase=SUCCEEDED, duration_s=duration, downtime_s=duration)
-    if move.stage == "failed":
+        return replace(base, phase=VMPhase.SUCCEEDED, duration_s=duration, downtime_s=duration)
+    if move.stage == ColdStage.FAILED:
         if move.attempt > controls.retries:
-            return replace(base, phase=FAILED, last_error=move.failure)
+            return replace(base, phase=VMPhase.FAILED, last_error=move.failure)
         retry_at = (move.finished or move.started) + timedelta(
             seconds=controls.backoff_s * 2 ** (move.attempt - 1)
         )
-        phase = WAITING if retry_at > world.now else PLANNED
+        phase = VMPhase.WAITING if retry_at > world.now else VMPhase.PLANNED
         return replace(base, phase=phase, last_error=move.failure, retry_at=retry_at)
-    return replace(base, phase=STOPPING if move.stage == "stopping" else STARTING)
+    return replace(base, phase=VMPhase.STOPPING if move.stage == ColdStage.STOPPING else VMPhase.STARTING)
 
 
 def _cold_actions(state: VMState, world: World, stopping: bool) -> list[Action]:
@@ -301,7 +285,11 @@ def _cold_actions(state: VMState, world: World, stopping: bool) -> list[Action]:
     given up (cancel, abort, timeout) still starts the VM again: nothing is left stopped."""
     entry = state.entry
     move = world.cold.get(entry.name)
-    if move is None or move.stage in ("done", "failed") or move.attempt < world.expected.get(entry.name, 0):
+    if (
+        move is None
+        or move.stage in (ColdStage.DONE, ColdStage.FAILED)
+        or move.attempt < world.expected.get(entry.name, 0)
+    ):
         return []
     node = world.vmi_nodes.get(entry.name)
     give_up = move.abandon
@@ -338,26 +326,26 @@ def step(plan: str, entries: Sequence[Entry], world: World, controls: Controls) 
 
     if stopping:
         for index, state in enumerate(states):
-            if state.phase == MIGRATING:
+            if state.phase == VMPhase.MIGRATING:
                 result.actions.extend(
                     AbortMigration(state.entry.name, attempt.name)
                     for attempt in world.attempts.get(state.entry.name, ())
                     if attempt.in_flight and not attempt.deleting
                 )
             elif state.phase not in TERMINAL and state.phase not in IN_FLIGHT:
-                states[index] = replace(state, phase=CANCELLED)
-        _finish_or_wait(result, PLAN_CANCELLED if controls.cancel else PLAN_FAILED)
+                states[index] = replace(state, phase=VMPhase.CANCELLED)
+        _finish_or_wait(result, PlanPhase.CANCELLED if controls.cancel else PlanPhase.FAILED)
         return result
 
     holding = controls.paused or (over_budget and controls.on_failure == "pause")
     if not holding:
         _start_what_fits(plan, result, world, controls)
     if all(s.phase in TERMINAL for s in states):
-        result.phase = PLAN_FAILED if over_budget else PLAN_SUCCEEDED
+        result.phase = PlanPhase.FAILED if over_budget else PlanPhase.SUCCEEDED
         result.reason = reasons.FAILURE_BUDGET_EXCEEDED if over_budget else reasons.COMPLETED
         result.message = _summary(result)
     elif holding:
-        result.phase = PLAN_PAUSED
+        result.phase = PlanPhase.PAUSED
         budget = over_budget and not controls.paused
         result.reason = reasons.FAILURE_BUDGET_EXCEEDED if budget else reasons.PAUSED
         result.message = (
@@ -366,30 +354,30 @@ def step(plan: str, entries: Sequence[Entry], world: World, controls: Controls) 
             else "spec.paused is true: no new migrations start"
         )
     else:
-        result.phase = PLAN_RUNNING
+        result.phase = PlanPhase.RUNNING
         result.reason = reasons.PLAN_RUNNING
         result.message = _summary(result)
-    waits = [s.retry_at for s in states if s.phase == WAITING and s.retry_at is not None]
+    waits = [s.retry_at for s in states if s.phase == VMPhase.WAITING and s.retry_at is not None]
     result.wake_at = min(waits, default=None)
     return result
 
 
-def _finish_or_wait(result: Step, stopping_as: str) -> None:
+def _finish_or_wait(result: Step, stopping_as: PlanPhase) -> None:
     if result.in_flight:
-        result.phase = PLAN_RUNNING
+        result.phase = PlanPhase.RUNNING
         result.reason = reasons.STOPPING
         result.message = f"aborting: waiting for {result.in_flight} migrations in flight to stop"
     else:
         result.phase = stopping_as
         result.reason = (
-            reasons.PLAN_CANCELLED if stopping_as == PLAN_CANCELLED else reasons.FAILURE_BUDGET_EXCEEDED
+            reasons.PLAN_CANCELLED if stopping_as == PlanPhase.CANCELLED else reasons.FAILURE_BUDGET_EXCEEDED
         )
         result.message = _summary(result)
 
 
 def _summary(result: Step) -> str:
     counts = Counter(s.phase for s in result.vms)
-    parts = [f"{counts[p]} {p.lower()}" for p in VM_PHASES if counts[p]]
+    parts = [f"{counts[p]} {p.lower()}" for p in tuple(VMPhase) if counts[p]]
     return ", ".join(parts) or "no VMs"
 
 
@@ -413,7 +401,7 @@ def _start_what_fits(plan: str, result: Step, world: World, controls: Controls) 
     for index, state in enumerate(states):
         if running >= plan_limit or running >= cluster_room:
             return
-        if state.phase != PLANNED:
+        if state.phase != VMPhase.PLANNED:
             continue
         entry = state.entry
         if controls.explicit_waves and entry.wave != open_wave:
@@ -427,12 +415,12 @@ def _start_what_fits(plan: str, result: Step, world: World, controls: Controls) 
         attempt = state.attempts + 1
         if entry.method == "cold":
             result.actions.append(StopForColdMove(entry.name, attempt, entry.target))
-            states[index] = replace(state, phase=STOPPING, attempts=attempt, started=world.now)
+            states[index] = replace(state, phase=VMPhase.STOPPING, attempts=attempt, started=world.now)
         else:
             name = migration_name(plan, entry.name, attempt)
             result.actions.append(StartMigration(entry.name, attempt, name, entry.target))
             states[index] = replace(
-                state, phase=MIGRATING, attempts=attempt, migration=name, started=world.now
+                state, phase=VMPhase.MIGRATING, attempts=attempt, migration=name, started=world.now
             )
         running += 1
         outbound[entry.source] += 1

@@ -1,4 +1,5 @@
-"""What a pool reconcile does, decided without I/O: creates, deletes, live updates, status.
+"""What a pool reconcile does, decided without I/O or a clock: creates, deletes, live updates, status,
+events and when to look again (`decide`); kube.pools gathers the inputs and carries it out.
 
 Level-triggered: the plan depends only on the desired spec and the observed members, so running it twice
 on the same facts gives the same answer, and a converged pool plans nothing.
@@ -8,15 +9,35 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from virtfleet.api import reasons
-from virtfleet.api.pool import UpdateStrategy
+from virtfleet.api.pool import (
+    OversubscriptionSummary,
+    UpdateStrategy,
+    VirtualMachinePoolSpec,
+    VirtualMachinePoolStatus,
+)
+from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core import conditions
+from virtfleet.core.capacity import Capacity, NodeFacts, Placed, VMLoad, effective_cpu_ratio, plan_capacity
 from virtfleet.core.conditions import Desired
+from virtfleet.core.kubevirt import launcher_requests
+from virtfleet.core.render import (
+    PoolContext,
+    check_compatible,
+    hotplug_only,
+    pool_hash,
+    pool_selector,
+    render_vm,
+)
+from virtfleet.core.revisions import RevisionFacts, TemplateFacts
+from virtfleet.core.status import ObjectInputs
 
 
 @dataclass(frozen=True)
@@ -241,3 +262,252 @@ def current_revision(facts: PoolFacts) -> str:
         return facts.update_revision
     counts = Counter(alive)
     return max(counts, key=lambda r: (counts[r], r == facts.update_revision))
+
+
+# -- one reconcile, decided ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolInputs(ObjectInputs):
+    """Everything one reconcile of a pool reads, gathered from kopf's body and indexes."""
+
+    template: TemplateFacts | None
+    revisions: Sequence[RevisionFacts]
+    members: Sequence[Member]
+    placements: Sequence[Placed]
+    nodes: Sequence[NodeFacts]
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The operator's settings a pool decision reads."""
+
+    cpu_ratio: float
+    memory_ratio: float
+    kubevirt_cpu_allocation_ratio: float
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """What rendering the pool's VMs needs: present only when the pool's template can be used."""
+
+    context: PoolContext
+    template_name: str
+    digest: str
+    template: VMTemplateSpec
+
+
+@dataclass
+class PoolDecision:
+    """One reconcile's decision: the writes to make, the whole status to report, the events to post after
+    the writes, and when to look again even if no event comes."""
+
+    plan: PoolPlan
+    status: VirtualMachinePoolStatus
+    rendering: Rendering | None = None
+    pending: int = 0  # VMs wanted but not created for lack of capacity
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    wake_at: datetime | None = None
+    rollout_done_template: str | None = None
+
+
+def decide(
+    inputs: PoolInputs, creates: Sequence[str], deletes: Collection[str], defaults: Defaults, now: datetime
+) -> PoolDecision:
+    """The pool's decision from its inputs and the creates and deletes still in flight."""
+    spec = VirtualMachinePoolSpec.model_validate(inputs.spec)
+    cpu_ratio = spec.cpu_ratio or defaults.cpu_ratio
+    memory_ratio = spec.memory_ratio or defaults.memory_ratio
+    members = list(inputs.members)
+
+    problem, template, revision = _resolve_template(inputs, spec)
+    if problem is None and template is not None:
+        incompatible = check_compatible(template, cpu_ratio, memory_ratio)
+        if incompatible:
+            problem = (reasons.INCOMPATIBLE_TEMPLATE, "; ".join(incompatible))
+    if problem is not None or template is None or revision is None:
+        reason, message = problem or (reasons.TEMPLATE_NOT_FOUND, "no template")
+        facts = PoolFacts(
+            spec.replicas, True, spec.update_strategy, spec.scale_in_policy, "", "", members, now
+        )
+        summary = PoolSummary(0, "", template_problem=(reason, message))
+        ratios = Ratios(cpu_ratio, memory_ratio)
+        return PoolDecision(PoolPlan(), pool_status(inputs, facts, PoolPlan(), summary, ratios))
+
+    context = PoolContext(inputs.name, inputs.namespace, inputs.uid, spec, cpu_ratio, memory_ratio)
+    desired_hash = pool_hash(context)
+    members = _with_expectations(members, creates, deletes, now, revision.digest, desired_hash)
+    by_digest = {r.digest: r for r in inputs.revisions}
+    members = [_mark_hotplug(m, revision, template, by_digest) for m in members]
+    placements = list(inputs.placements)
+    vmi_nodes = {p.key: p.node for p in placements}
+    members = [replace(m, node=vmi_nodes.get(f"{inputs.namespace}/{m.name}")) for m in members]
+    nodes = list(inputs.nodes)
+    capacity = Capacity(nodes, (VMLoad(p.requests, p.node) for p in placements if p.node))
+    node_ratios = {n: effective_cpu_ratio(capacity.nodes[n], u) for n, u in capacity.usage.items()}
+    facts = PoolFacts(
+        replicas=spec.replicas,
+        paused=spec.paused,
+        strategy=spec.update_strategy,
+        scale_in_policy=spec.scale_in_policy,
+        update_revision=revision.digest,
+        pool_hash=desired_hash,
+        members=members,
+        now=now,
+        node_ratios=node_ratios,
+    )
+    result = plan(facts)
+
+    # Capacity: create only what fits within the pool's ratios on its eligible nodes.
+    sample = render_vm(context, spec.template_ref.name, revision.digest, template, 0)
+    per_vm = launcher_requests(sample["spec"]["template"]["spec"], defaults.kubevirt_cpu_allocation_ratio)
+    node_selector = sample["spec"]["template"]["spec"].get("nodeSelector") or {}
+    unplaced = sum(1 for m in members if not m.deleting and m.node is None)
+    pool_capacity = plan_capacity(
+        nodes,
+        (VMLoad(p.requests, p.node) for p in placements if p.node),
+        unplaced=unplaced,
+        wanted=len(result.create),
+        per_vm=per_vm,
+        node_selector=node_selector,
+        cpu_ratio=cpu_ratio,
+        memory_ratio=memory_ratio,
+    )
+    pending = len(result.create) - pool_capacity.creatable
+    result.create = result.create[: pool_capacity.creatable]
+    oversubscription = OversubscriptionSummary(
+        committed_vcpus=pool_capacity.committed_vcpus,
+        physical_cores=pool_capacity.physical_cores,
+        effective_cpu_ratio=pool_capacity.effective_cpu_ratio,
+        committed_memory=str(pool_capacity.committed_memory),
+        physical_memory=str(pool_capacity.physical_memory),
+        effective_memory_ratio=pool_capacity.effective_memory_ratio,
+        eligible_nodes=pool_capacity.eligible_nodes,
+    )
+    summary = PoolSummary(pending, pool_capacity.message)
+    decision = PoolDecision(
+        result,
+        pool_status(inputs, facts, result, summary, Ratios(cpu_ratio, memory_ratio), oversubscription),
+        Rendering(context, spec.template_ref.name, revision.digest, template),
+        pending,
+    )
+    if pending:
+        decision.events.append(("Warning", reasons.CAPACITY_EXHAUSTED, pool_capacity.message))
+    if result.halted is not None:
+        decision.events.append(
+            (
+                "Warning",
+                reasons.PROGRESS_DEADLINE_EXCEEDED,
+                f"{result.halted.name} not Ready in time; rollout halted",
+            )
+        )
+    # A new-revision VM that is still starting: look again when its deadline passes.
+    starting = [m for m in members if m.revision == revision.digest and not m.ready and not m.deleting]
+    if starting and result.rolling:
+        deadline = spec.update_strategy.ready_timeout_seconds
+        oldest = min(m.created for m in starting)
+        decision.wake_at = now + timedelta(seconds=max(1.0, deadline - (now - oldest).total_seconds() + 1))
+    if not result.rolling and all(m.revision == revision.digest for m in members):
+        decision.rollout_done_template = spec.template_ref.name
+    return decision
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """The CPU and memory ratios in force: the spec's, or the operator's defaults."""
+
+    cpu: float
+    memory: float
+
+
+def pool_status(
+    inputs: PoolInputs,
+    facts: PoolFacts,
+    result: PoolPlan,
+    summary: PoolSummary,
+    ratios: Ratios,
+    oversubscription: OversubscriptionSummary | None = None,
+) -> VirtualMachinePoolStatus:
+    """The pool's whole status. Only the fields given are set, so a dump with exclude_unset writes
+    exactly these (a pool without a usable template reports no oversubscription)."""
+    alive = [m for m in facts.members if not m.deleting and m.revision]
+    status = VirtualMachinePoolStatus(
+        label_selector=pool_selector(inputs.name),
+        cpu_ratio=ratios.cpu,
+        memory_ratio=ratios.memory,
+        pending_replicas=summary.pending,
+        replicas=len(alive),
+        ready_replicas=sum(m.ready for m in alive),
+        updated_replicas=sum(
+            m.revision == facts.update_revision and m.pool_hash == facts.pool_hash for m in alive
+        ),
+        observed_generation=inputs.generation,
+        conditions=conditions.merge(
+            inputs.status.get("conditions"),
+            desired_conditions(facts, result, summary),
+            inputs.generation,
+            facts.now,
+        ),
+    )
+    if oversubscription is not None:
+        status.oversubscription = oversubscription
+    if facts.update_revision:
+        status.update_revision = facts.update_revision
+        status.current_revision = current_revision(facts)
+    return status
+
+
+def _with_expectations(
+    members: Sequence[Member],
+    creates: Sequence[str],
+    deletes: Collection[str],
+    now: datetime,
+    digest: str,
+    desired_hash: str,
+) -> list[Member]:
+    """Members as they will be once in-flight writes land."""
+    result = [replace(m, deleting=True) if m.name in deletes else m for m in members]
+    seen = {m.name for m in members}
+    for name in creates:
+        if name not in seen:
+            ordinal = int(name.rsplit("-", 1)[1])
+            result.append(Member(name, ordinal, digest, desired_hash, False, now))
+    return result
+
+
+def _resolve_template(
+    inputs: PoolInputs, spec: VirtualMachinePoolSpec
+) -> tuple[tuple[str, str] | None, VMTemplateSpec | None, RevisionFacts | None]:
+    name = spec.template_ref.name
+    if inputs.template is None:
+        return (
+            (reasons.TEMPLATE_NOT_FOUND, f"VMTemplate {inputs.namespace}/{name} does not exist"),
+            None,
+            None,
+        )
+    wanted = spec.template_ref.revision or inputs.template.current_revision
+    if wanted is None:
+        return (reasons.REVISION_NOT_FOUND, f"VMTemplate {name} has no valid revision yet"), None, None
+    revision = next((r for r in inputs.revisions if r.digest == wanted), None)
+    if revision is None:
+        return (reasons.REVISION_NOT_FOUND, f"VMTemplate {name} has no revision {wanted}"), None, None
+    try:
+        template = VMTemplateSpec.model_validate(revision.spec)
+    except ValidationError as error:
+        return (reasons.INVALID_SPEC, f"revision {wanted} of {name} is invalid: {error}"), None, None
+    return None, template, revision
+
+
+def _mark_hotplug(
+    member: Member, revision: RevisionFacts, template: VMTemplateSpec, by_digest: Mapping[str, RevisionFacts]
+) -> Member:
+    if member.revision == revision.digest:
+        return member
+    old = by_digest.get(member.revision)
+    if old is None:
+        return member
+    try:
+        old_spec = VMTemplateSpec.model_validate(old.spec)
+    except ValidationError:
+        return member
+    return replace(member, hotplug_ok=hotplug_only(old_spec, template))

@@ -15,20 +15,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtfleet import API_VERSION
+from virtfleet.api.labels import (
+    CPU_RATIO_ANNOTATION,
+    CPUMANAGER_LABEL,
+    HOSTNAME_LABEL,
+    MANAGED_BY_LABEL,
+    MEMORY_RATIO_ANNOTATION,
+    ORDINAL_LABEL,
+    POOL_HASH_ANNOTATION,
+    POOL_LABEL,
+    REVISION_LABEL,
+    TEMPLATE_LABEL,
+)
 from virtfleet.api.pool import VirtualMachinePoolSpec
 from virtfleet.api.quantity import parse_bytes
 from virtfleet.api.vmtemplate import CLOUD_INIT_DISK, Disk, Interface, VMTemplateSpec
-from virtfleet.core.kubevirt import CPUMANAGER_LABEL
 from virtfleet.core.revisions import revision_hash
-
-POOL_LABEL = "virtfleet.io/pool"
-TEMPLATE_LABEL = "virtfleet.io/template"
-REVISION_LABEL = "virtfleet.io/template-revision"
-ORDINAL_LABEL = "virtfleet.io/ordinal"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-POOL_HASH_ANNOTATION = "virtfleet.io/pool-hash"
-CPU_RATIO_ANNOTATION = "virtfleet.io/cpu-ratio"
-MEMORY_RATIO_ANNOTATION = "virtfleet.io/memory-ratio"
 
 
 class RenderError(ValueError):
@@ -104,7 +106,7 @@ def render_vm(
         TEMPLATE_LABEL: template_name,
         REVISION_LABEL: revision,
         ORDINAL_LABEL: str(ordinal),
-        MANAGED_BY: "virtfleet",
+        MANAGED_BY_LABEL: "virtfleet",
     }
     labels = {**template.labels, **spec.overrides.labels, **identity}
     annotations = {
@@ -194,7 +196,7 @@ def render_vm(
         vmi_spec["affinity"] = {
             "podAntiAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": [
-                    {"labelSelector": pool_match, "topologyKey": "kubernetes.io/hostname"}
+                    {"labelSelector": pool_match, "topologyKey": HOSTNAME_LABEL}
                 ]
             }
         }
@@ -206,7 +208,7 @@ def render_vm(
                         "weight": 100,
                         "podAffinityTerm": {
                             "labelSelector": pool_match,
-                            "topologyKey": "kubernetes.io/hostname",
+                            "topologyKey": HOSTNAME_LABEL,
                         },
                     }
                 ]

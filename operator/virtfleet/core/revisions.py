@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 HASH_LENGTH = 10
@@ -21,3 +22,21 @@ def revision_hash(spec: Mapping[str, Any]) -> str:
 
 def revision_name(template: str, digest: str) -> str:
     return f"{template}-{digest}"
+
+
+@dataclass(frozen=True)
+class TemplateFacts:
+    name: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    current_revision: str | None
+
+
+@dataclass(frozen=True)
+class RevisionFacts:
+    name: str
+    template: str
+    digest: str
+    number: int
+    spec: Mapping[str, Any]

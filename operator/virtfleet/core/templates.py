@@ -10,6 +10,7 @@ from typing import Any
 from virtfleet.api import reasons
 from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core import conditions
+from virtfleet.core.status import differing
 from virtfleet.core.validation import Problem, validate_template
 
 _MAX_PROBLEMS_IN_MESSAGE = 10
@@ -62,12 +63,8 @@ def evaluate_template(
     )
     current = dict(status or {})
     merged = conditions.merge(current.get("conditions"), [ready, stalled], generation, now)
-    patch: dict[str, Any] = {}
-    if merged != current.get("conditions"):
-        patch["conditions"] = merged
     vcpus = parsed.cpu.vcpus if parsed is not None and not problems else None
-    if current.get("vcpus") != vcpus:
-        patch["vcpus"] = vcpus  # None removes it (merge patch)
-    if generation is not None and current.get("observedGeneration") != generation:
-        patch["observedGeneration"] = generation
-    return TemplateVerdict(problems=problems, parsed=parsed, status_patch=patch)
+    desired: dict[str, Any] = {"conditions": merged, "vcpus": vcpus}  # vcpus None removes it
+    if generation is not None:
+        desired["observedGeneration"] = generation
+    return TemplateVerdict(problems=problems, parsed=parsed, status_patch=differing(desired, current))

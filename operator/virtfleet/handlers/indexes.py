@@ -9,10 +9,18 @@ from typing import Any
 
 import kopf
 
-from virtfleet import GROUP, VERSION
+from virtfleet.api.labels import POOL_LABEL, TEMPLATE_LABEL
 from virtfleet.core.capacity import NodeFacts
-from virtfleet.core.render import POOL_LABEL, TEMPLATE_LABEL
-from virtfleet.kube.facts import TemplateFacts, member_of, placed_of
+from virtfleet.core.revisions import TemplateFacts
+from virtfleet.kube.client import (
+    CONTROLLER_REVISIONS,
+    NODES,
+    VIRTUAL_MACHINE_INSTANCES,
+    VIRTUAL_MACHINE_POOLS,
+    VIRTUAL_MACHINES,
+    VM_TEMPLATES,
+)
+from virtfleet.kube.facts import member_of, placed_of
 from virtfleet.kube.revisions import revision_of
 from virtfleet.kube.runtime import Runtime
 
@@ -21,14 +29,14 @@ from virtfleet.kube.runtime import Runtime
 # an object's previous entries when its function returns None.
 
 
-@kopf.index("kubevirt.io", "v1", "virtualmachines", labels={POOL_LABEL: kopf.PRESENT})
+@kopf.index(*VIRTUAL_MACHINES.gvr, labels={POOL_LABEL: kopf.PRESENT})
 async def pool_members(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
     """(namespace, pool) -> the pool's VMs."""
     member = member_of(body)
     return {(namespace, labels[POOL_LABEL]): member} if member is not None else {}
 
 
-@kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels={POOL_LABEL: kopf.PRESENT})
+@kopf.on.event(*VIRTUAL_MACHINES.gvr, labels={POOL_LABEL: kopf.PRESENT})
 async def member_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Any change of a pool VM, deletion included, wakes its pool."""
     runtime: Runtime | None = memo.get("runtime")
@@ -36,7 +44,7 @@ async def member_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.
         runtime.wake((namespace or "", labels[POOL_LABEL]))
 
 
-@kopf.index("kubevirt.io", "v1", "virtualmachineinstances")
+@kopf.index(*VIRTUAL_MACHINE_INSTANCES.gvr)
 async def placements(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
     """All VMIs' footprints, for capacity accounting."""
     runtime: Runtime | None = memo.get("runtime")
@@ -45,7 +53,7 @@ async def placements(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
     return {None: placed} if placed is not None else {}
 
 
-@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances")
+@kopf.on.event(*VIRTUAL_MACHINE_INSTANCES.gvr)
 async def vmi_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A VMI placed, moved or gone changes capacity for pools waiting on it, and readiness for its own."""
     runtime: Runtime | None = memo.get("runtime")
@@ -56,13 +64,13 @@ async def vmi_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Mem
             runtime.wake((namespace or "", labels[POOL_LABEL]))
 
 
-@kopf.index("", "v1", "nodes")
+@kopf.index(*NODES.gvr)
 async def nodes(body: kopf.Body, **_: Any) -> Any:
     """Node facts: allocatable, labels, readiness, NUMA cells."""
     return {None: NodeFacts.from_node(body)}
 
 
-@kopf.on.event("", "v1", "nodes")
+@kopf.on.event(*NODES.gvr)
 async def node_changed(memo: kopf.Memo, **_: Any) -> None:
     """Capacity appeared or vanished."""
     runtime: Runtime | None = memo.get("runtime")
@@ -70,7 +78,7 @@ async def node_changed(memo: kopf.Memo, **_: Any) -> None:
         runtime.wake_capacity_waiters()
 
 
-@kopf.index(GROUP, VERSION, "vmtemplates")
+@kopf.index(*VM_TEMPLATES.gvr)
 async def templates(
     body: kopf.Body, namespace: str | None, name: str, meta: kopf.Meta, status: kopf.Status, **_: Any
 ) -> Any:
@@ -85,7 +93,7 @@ async def templates(
     return {(namespace, name): facts}
 
 
-@kopf.on.event(GROUP, VERSION, "vmtemplates")
+@kopf.on.event(*VM_TEMPLATES.gvr)
 async def template_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A new current revision (or a deleted template) concerns every pool using it."""
     runtime: Runtime | None = memo.get("runtime")
@@ -93,21 +101,21 @@ async def template_changed(namespace: str | None, name: str, memo: kopf.Memo, **
         runtime.wake_template((namespace or "", name))
 
 
-@kopf.index("apps", "v1", "controllerrevisions", labels={TEMPLATE_LABEL: kopf.PRESENT})
+@kopf.index(*CONTROLLER_REVISIONS.gvr, labels={TEMPLATE_LABEL: kopf.PRESENT})
 async def revisions(body: kopf.Body, namespace: str | None, **_: Any) -> Any:
     """(namespace, template) -> the template's revisions."""
     revision = revision_of(body)
     return {(namespace, revision.template): revision} if revision is not None else {}
 
 
-@kopf.on.event("apps", "v1", "controllerrevisions", labels={TEMPLATE_LABEL: kopf.PRESENT})
+@kopf.on.event(*CONTROLLER_REVISIONS.gvr, labels={TEMPLATE_LABEL: kopf.PRESENT})
 async def revision_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         runtime.wake_template((namespace or "", labels[TEMPLATE_LABEL]))
 
 
-@kopf.index(GROUP, VERSION, "virtualmachinepools")
+@kopf.index(*VIRTUAL_MACHINE_POOLS.gvr)
 async def pools_by_template(
     spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str, **_: Any
 ) -> Any:
@@ -119,7 +127,7 @@ async def pools_by_template(
     return {(namespace, ref.get("name", "")): (name, frozenset(used))}
 
 
-@kopf.index(GROUP, VERSION, "virtualmachinepools")
+@kopf.index(*VIRTUAL_MACHINE_POOLS.gvr)
 async def pool_ratios(status: kopf.Status, namespace: str | None, name: str, **_: Any) -> Any:
     """(namespace, pool) -> the (cpu, memory) ratios in force, for migration targets."""
     cpu, memory = status.get("cpuRatio"), status.get("memoryRatio")

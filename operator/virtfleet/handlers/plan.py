@@ -3,45 +3,37 @@ indexes that tell it about its migrations and cold moves."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from virtfleet import GROUP, VERSION, metrics
-from virtfleet.core import plan_executor
-from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker
-from virtfleet.kube.plans import (
-    COLD_MOVE_ANNOTATION,
-    PLAN_LABEL,
-    PlanInputs,
-    attempt_of,
-    cold_move_of,
-    delete_plan_objects,
-    in_flight_of,
-    reconcile_plan,
-)
+from virtfleet import metrics
+from virtfleet.api.labels import COLD_MOVE_ANNOTATION, PLAN_LABEL
+from virtfleet.api.migrationplan import PlanPhase
+from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
+from virtfleet.kube.client import MIGRATION_PLANS, MIGRATIONS, VIRTUAL_MACHINES
+from virtfleet.kube.facts import attempt_of, cold_move_of, in_flight_of
+from virtfleet.kube.plans import PlanInputs, delete_plan_objects, reconcile_plan
 from virtfleet.kube.runtime import Runtime
 
-PLURAL = "migrationplans"
 KIND = "MigrationPlan"
 
 
-@kopf.index("kubevirt.io", "v1", "virtualmachineinstancemigrations", labels={PLAN_LABEL: kopf.PRESENT})
+@kopf.index(*MIGRATIONS.gvr, labels={PLAN_LABEL: kopf.PRESENT})
 async def plan_migrations(body: kopf.Body, labels: kopf.Labels, **_: Any) -> Any:
     """Plan UID -> its migrations (one per attempt)."""
     attempt = attempt_of(body)
     return {labels[PLAN_LABEL]: attempt} if attempt is not None else {}
 
 
-@kopf.index("kubevirt.io", "v1", "virtualmachineinstancemigrations")
+@kopf.index(*MIGRATIONS.gvr)
 async def migrations_in_flight(body: kopf.Body, **_: Any) -> Any:
     """Every migration KubeVirt has not finished, whoever made it: KubeVirt's limits count them all."""
     vmi = in_flight_of(body)
     return {None: vmi} if vmi is not None else {}
 
 
-@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstancemigrations")
+@kopf.on.event(*MIGRATIONS.gvr)
 async def migration_changed(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """A plan's migration moved on; any migration ending frees room under KubeVirt's limits for all."""
     runtime: Runtime | None = memo.get("runtime")
@@ -52,14 +44,14 @@ async def migration_changed(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> N
     runtime.wake_running_plans()
 
 
-@kopf.index("kubevirt.io", "v1", "virtualmachines", annotations={COLD_MOVE_ANNOTATION: kopf.PRESENT})
+@kopf.index(*VIRTUAL_MACHINES.gvr, annotations={COLD_MOVE_ANNOTATION: kopf.PRESENT})
 async def cold_moves(body: kopf.Body, **_: Any) -> Any:
     """Plan UID -> its cold moves, as recorded on the VMs."""
     found = cold_move_of(body)
     return {found[0]: found[1]} if found is not None else {}
 
 
-@kopf.on.event("kubevirt.io", "v1", "virtualmachines", annotations={COLD_MOVE_ANNOTATION: kopf.PRESENT})
+@kopf.on.event(*VIRTUAL_MACHINES.gvr, annotations={COLD_MOVE_ANNOTATION: kopf.PRESENT})
 async def cold_move_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     found = cold_move_of(body)
@@ -67,7 +59,7 @@ async def cold_move_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         runtime.wake_plan(found[0])
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(*MIGRATION_PLANS.gvr)
 async def plan_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
     """Spec edits (pause, cancel, limits): wake the plan's worker."""
     runtime: Runtime | None = memo.get("runtime")
@@ -75,17 +67,17 @@ async def plan_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
         runtime.wake_plan(uid)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.delete(*MIGRATION_PLANS.gvr)
 async def plan_deleted(namespace: str | None, uid: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Remove what the garbage collector cannot (the cluster-scoped MigrationPolicy) and start VMs
     stopped for a cold move; migrations go with the plan by owner reference."""
     runtime: Runtime = memo["runtime"]
     moves = list(kwargs["cold_moves"].get(uid, ()))
-    await delete_plan_objects(runtime.kube, namespace or "", uid, moves)
+    await delete_plan_objects(runtime.kube, namespace or "", uid, moves, runtime.now())
     runtime.forget_plan(uid)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+@kopf.daemon(*MIGRATION_PLANS.gvr, cancellation_timeout=10.0)
 async def plan_worker(
     body: kopf.Body,
     namespace: str | None,
@@ -146,12 +138,10 @@ async def _reconcile(
     if outcome is None:
         return RETRY_AFTER_FAILURE
     phase = outcome.status.get("phase")
-    if phase in (plan_executor.PLAN_RUNNING, plan_executor.PLAN_PAUSED):
+    if phase in (PlanPhase.RUNNING, PlanPhase.PAUSED):
         runtime.running_plans[uid] = namespace
     else:
         runtime.running_plans.pop(uid, None)
     metrics.record_plan(namespace, name, outcome.status, outcome.finished)
     post_events(body, outcome.events)
-    if outcome.wake_at is None:
-        return None
-    return max(0.0, (outcome.wake_at - datetime.now(UTC)).total_seconds()) + 0.05
+    return seconds_until(outcome.wake_at, runtime.now())

@@ -6,17 +6,17 @@ from typing import Any
 
 import kopf
 
-from virtfleet import GROUP, VERSION, metrics
-from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker
+from virtfleet import metrics
+from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
+from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS
 from virtfleet.kube.pools import PoolInputs, reconcile_pool
 from virtfleet.kube.runtime import Runtime
 from virtfleet.kube.templates import collect_unused_revisions
 
-PLURAL = "virtualmachinepools"
 KIND = "VirtualMachinePool"
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(*VIRTUAL_MACHINE_POOLS.gvr)
 async def pool_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Spec edits, scale subresource writes (kubectl scale, HPA): wake the pool's worker."""
     runtime: Runtime | None = memo.get("runtime")
@@ -24,7 +24,7 @@ async def pool_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: A
         runtime.wake((namespace or "", name))
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+@kopf.daemon(*VIRTUAL_MACHINE_POOLS.gvr, cancellation_timeout=10.0)
 async def pool_worker(
     body: kopf.Body,
     namespace: str | None,
@@ -80,7 +80,7 @@ async def pool_worker(
                     done.current_revision,
                     template_spec=done.spec,
                 )
-        return outcome.wake_in
+        return seconds_until(outcome.wake_at, runtime.now())
 
     try:
         await run_worker(runtime.triggers[key], stopped, reconcile)

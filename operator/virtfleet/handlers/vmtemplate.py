@@ -6,18 +6,15 @@ from typing import Any
 
 import kopf
 
-from virtfleet import GROUP, VERSION
 from virtfleet.api import reasons
-from virtfleet.kube.client import ApiException, namespace_terminating
+from virtfleet.kube.client import VM_TEMPLATES, ApiException, namespace_terminating
 from virtfleet.kube.runtime import Runtime
 from virtfleet.kube.templates import collect_unused_revisions, reconcile_template
 
-PLURAL = "vmtemplates"
 
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(*VM_TEMPLATES.gvr)
+@kopf.on.create(*VM_TEMPLATES.gvr)
+@kopf.on.update(*VM_TEMPLATES.gvr)
 async def reconcile_vmtemplate(
     spec: kopf.Spec,
     status: kopf.Status,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import TypeVar
 
 import kopf
@@ -14,8 +15,9 @@ from virtfleet import metrics
 
 IDLE_WAIT = 300.0  # nothing due: wait for an event (this bound only keeps the loop looking at `stopped`)
 RETRY_AFTER_FAILURE = 5.0  # a failed write: try again shortly, without a storm
+WAKE_SLACK = 0.05  # wake just after a due time, so what was due is due
 
-Outcome = TypeVar("Outcome")
+Result = TypeVar("Result")
 
 
 async def run_worker(
@@ -36,7 +38,7 @@ async def run_worker(
             trigger.set()
 
 
-async def measured(kind: str, logger: kopf.Logger, attempt: Awaitable[Outcome]) -> Outcome | None:
+async def measured(kind: str, logger: kopf.Logger, attempt: Awaitable[Result]) -> Result | None:
     """Run one reconcile pass, counted and timed in the metrics; None when it failed (logged, and the
     caller retries in RETRY_AFTER_FAILURE)."""
     started = time.monotonic()
@@ -54,3 +56,10 @@ async def measured(kind: str, logger: kopf.Logger, attempt: Awaitable[Outcome]) 
 def post_events(body: kopf.Body, events: Iterable[tuple[str, str, str]]) -> None:
     for kind, reason, message in events:
         kopf.event(body, type=kind, reason=reason, message=message)
+
+
+def seconds_until(at: datetime | None, now: datetime) -> float | None:
+    """A reconcile's wake-up time as the worker's timeout (None: wait for an event)."""
+    if at is None:
+        return None
+    return max(0.0, (at - now).total_seconds()) + WAKE_SLACK

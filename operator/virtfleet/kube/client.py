@@ -23,7 +23,15 @@ THROTTLE_RETRIES = 10
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 
-__all__ = ["MERGE_PATCH", "ApiException", "Kube", "ResourceRef", "namespace_terminating"]
+__all__ = [
+    "MERGE_PATCH",
+    "ApiException",
+    "Conflict",
+    "Kube",
+    "NotFound",
+    "ResourceRef",
+    "namespace_terminating",
+]
 
 JSON = dict[str, Any]
 
@@ -36,6 +44,11 @@ class ResourceRef:
     version: str
     plural: str
     namespaced: bool = True
+
+    @property
+    def gvr(self) -> tuple[str, str, str]:
+        """(group, version, plural): what kopf's decorators take, so handlers name no resource twice."""
+        return self.group, self.version, self.plural
 
     @property
     def api_version(self) -> str:
@@ -64,6 +77,25 @@ VIRTUAL_MACHINES = ResourceRef("kubevirt.io", "v1", "virtualmachines")
 VIRTUAL_MACHINE_INSTANCES = ResourceRef("kubevirt.io", "v1", "virtualmachineinstances")
 MIGRATIONS = ResourceRef("kubevirt.io", "v1", "virtualmachineinstancemigrations")
 MIGRATION_POLICIES = ResourceRef("migrations.kubevirt.io", "v1alpha1", "migrationpolicies", namespaced=False)
+
+
+class NotFound(ApiException):
+    """404: the object is gone (or never was)."""
+
+
+class Conflict(ApiException):
+    """409: it exists already, or it changed since it was read (a resourceVersion or uid precondition)."""
+
+
+def _typed(error: ApiException) -> ApiException:
+    """The API server's refusal as NotFound or Conflict where it is one, so callers catch a type instead
+    of checking status codes; both stay ApiExceptions."""
+    kind = {404: NotFound, 409: Conflict}.get(int(error.status or 0))
+    if kind is None:
+        return error
+    typed: ApiException = kind(status=error.status, reason=error.reason)
+    typed.body, typed.headers = error.body, error.headers
+    return typed
 
 
 _VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
@@ -158,7 +190,7 @@ class Kube:
                 # 429 (API priority and fairness, storage initialising) says when to come back, as
                 # client-go honours it; everything else is the caller's to handle.
                 if error.status != 429 or attempt == THROTTLE_RETRIES:
-                    raise
+                    raise _typed(error) from error
                 await asyncio.sleep(_retry_after(error))
         raise AssertionError("unreachable")
 

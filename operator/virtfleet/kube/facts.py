@@ -1,16 +1,31 @@
-"""Compact facts the operator keeps in kopf indexes: small frozen records, never whole objects, so
-thousands of VMs cost kilobytes, not megabytes."""
+"""Compact facts the operator keeps in kopf indexes, parsed from the API's objects: small frozen records,
+never whole objects, so thousands of VMs cost kilobytes, not megabytes. Every parser of an object the
+API returns lives here; the records themselves are the core's types."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from virtfleet.core.kubevirt import LauncherRequests, SpecError, launcher_requests
+from virtfleet.api.labels import (
+    ATTEMPT_LABEL,
+    COLD_MOVE_ANNOTATION,
+    DIRTY_RATE_ANNOTATION,
+    HOSTNAME_LABEL,
+    ORDINAL_LABEL,
+    POOL_HASH_ANNOTATION,
+    PRIORITY_ANNOTATION,
+    REVISION_LABEL,
+    VM_ANNOTATION,
+)
+from virtfleet.api.migrationplan import ColdStage
+from virtfleet.core import plan_executor
+from virtfleet.core.capacity import Placed
+from virtfleet.core.kubevirt import SpecError, launcher_requests
+from virtfleet.core.plan_executor import Attempt, ColdMove
 from virtfleet.core.pools import Member
-from virtfleet.core.render import ORDINAL_LABEL, POOL_HASH_ANNOTATION, REVISION_LABEL
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -43,23 +58,6 @@ def member_of(body: Mapping[str, Any]) -> Member | None:
     )
 
 
-@dataclass(frozen=True)
-class Placed:
-    """A VMI's footprint: where it runs (None: not yet) and what it requests, plus what a migration plan
-    needs to know of it."""
-
-    key: str
-    node: str | None
-    requests: LauncherRequests
-    labels: tuple[tuple[str, str], ...] = ()
-    live_migratable: bool = True
-    annotations: tuple[tuple[str, str], ...] = ()
-    node_selector: tuple[tuple[str, str], ...] = ()
-    anti_affinity: bool = False  # a required pod anti-affinity on the hostname
-    spread: tuple[str, int] | None = None  # the first DoNotSchedule topology spread: (key, maxSkew)
-    running: bool = False  # status.phase Running (a placed VMI may still be Scheduled, booting)
-
-
 def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | None:
     status = body.get("status") or {}
     if status.get("phase") in ("Succeeded", "Failed"):
@@ -77,7 +75,7 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         ),
         True,
     )
-    wanted = {"virtfleet.io/dirty-rate", "virtfleet.io/priority"}
+    wanted = {DIRTY_RATE_ANNOTATION, PRIORITY_ANNOTATION}
     spec = body.get("spec") or {}
     anti = ((spec.get("affinity") or {}).get("podAntiAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"
@@ -95,25 +93,75 @@ def placed_of(body: Mapping[str, Any], cpu_allocation_ratio: float) -> Placed | 
         live_migratable=migratable,
         annotations=tuple(sorted((k, v) for k, v in (meta.get("annotations") or {}).items() if k in wanted)),
         node_selector=tuple(sorted((spec.get("nodeSelector") or {}).items())),
-        anti_affinity=any(t.get("topologyKey") == "kubernetes.io/hostname" for t in anti),
+        anti_affinity=any(t.get("topologyKey") == HOSTNAME_LABEL for t in anti),
         spread=spread,
         running=status.get("phase") == "Running",
     )
 
 
-@dataclass(frozen=True)
-class TemplateFacts:
-    name: str
-    uid: str
-    generation: int
-    spec: Mapping[str, Any]
-    current_revision: str | None
+# -- a MigrationPlan's migrations and cold moves ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RevisionFacts:
-    name: str
-    template: str
-    digest: str
-    number: int
-    spec: Mapping[str, Any]
+def attempt_of(body: Mapping[str, Any]) -> Attempt | None:
+    """A plan's VirtualMachineInstanceMigration as the executor needs it."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        number = int(labels.get(ATTEMPT_LABEL, ""))
+    except ValueError:
+        return None
+    vm = (meta.get("annotations") or {}).get(VM_ANNOTATION) or (body.get("spec") or {}).get("vmiName")
+    if not vm:
+        return None
+    status = body.get("status") or {}
+    stamps: dict[str, datetime] = {}
+    for transition in status.get("phaseTransitionTimestamps") or []:
+        stamps.setdefault(
+            str(transition.get("phase")), parse_time(transition.get("phaseTransitionTimestamp"))
+        )
+    phase = str(status.get("phase") or "")
+    migration = status.get("migrationState") or {}
+    return Attempt(
+        vm=str(vm),
+        number=number,
+        name=str(meta.get("name", "")),
+        phase=phase,
+        created=parse_time(meta.get("creationTimestamp")),
+        started=stamps.get("Scheduling"),
+        finished=stamps.get(phase) if phase in plan_executor.VMIM_DONE else None,
+        failure=str(migration.get("failureReason") or ("the migration failed" if phase == "Failed" else "")),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def in_flight_of(body: Mapping[str, Any]) -> str | None:
+    """Any migration KubeVirt has not finished: `namespace/vmi`, for KubeVirt's cluster-wide limits."""
+    phase = (body.get("status") or {}).get("phase") or ""
+    if phase in plan_executor.VMIM_DONE:
+        return None
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace')}/{(body.get('spec') or {}).get('vmiName', '')}"
+
+
+def cold_move_of(body: Mapping[str, Any]) -> tuple[str, ColdMove] | None:
+    """(plan UID, the move) from a VM's cold-move annotation."""
+    meta = body.get("metadata") or {}
+    raw = (meta.get("annotations") or {}).get(COLD_MOVE_ANNOTATION)
+    try:
+        record = json.loads(raw or "")
+        move = ColdMove(
+            vm=str(meta.get("name", "")),
+            attempt=int(record["attempt"]),
+            target=str(record["target"]),
+            run_strategy=str(record["runStrategy"]),
+            started=parse_time(record["startedAt"]),
+            # A stage we never write (a hand edit) reads as a move still starting, as it always has.
+            stage=ColdStage(record["stage"]) if record["stage"] in set(ColdStage) else ColdStage.STARTING,
+            failure=str(record.get("failure", "")),
+            finished=parse_time(record["finishedAt"]) if record.get("finishedAt") else None,
+            halted=(body.get("spec") or {}).get("runStrategy") == "Halted",
+            abandon=str(record.get("abandon", "")),
+        )
+        return str(record["plan"]), move
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from virtfleet import API_VERSION
-from virtfleet.core.render import REVISION_LABEL, TEMPLATE_LABEL
-from virtfleet.core.revisions import revision_name
-from virtfleet.kube.client import CONTROLLER_REVISIONS, ApiException, Kube
-from virtfleet.kube.facts import RevisionFacts
-
-DIGEST_LABEL = REVISION_LABEL
+from virtfleet.api.labels import REVISION_LABEL, TEMPLATE_LABEL
+from virtfleet.core.revisions import RevisionFacts, revision_name
+from virtfleet.kube.client import CONTROLLER_REVISIONS, Conflict, Kube, NotFound
 
 
 async def ensure_revision(
@@ -35,7 +33,7 @@ async def ensure_revision(
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {TEMPLATE_LABEL: template, DIGEST_LABEL: digest},
+            "labels": {TEMPLATE_LABEL: template, REVISION_LABEL: digest},
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,
@@ -52,9 +50,7 @@ async def ensure_revision(
     }
     try:
         await kube.create(CONTROLLER_REVISIONS, namespace, body)
-    except ApiException as error:
-        if error.status != 409:
-            raise
+    except Conflict:
         stored = await kube.get(CONTROLLER_REVISIONS, namespace, name)
         number = int(stored.get("revision", number))
     return RevisionFacts(name=name, template=template, digest=digest, number=number, spec=dict(spec))
@@ -68,11 +64,8 @@ async def collect_garbage(
     for revision in revisions:
         if revision.digest in keep:
             continue
-        try:
+        with contextlib.suppress(NotFound):
             await kube.delete(CONTROLLER_REVISIONS, namespace, revision.name)
-        except ApiException as error:
-            if error.status != 404:
-                raise
         deleted.append(revision.name)
     return deleted
 
@@ -80,12 +73,12 @@ async def collect_garbage(
 def revision_of(body: Mapping[str, Any]) -> RevisionFacts | None:
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
-    if TEMPLATE_LABEL not in labels or DIGEST_LABEL not in labels:
+    if TEMPLATE_LABEL not in labels or REVISION_LABEL not in labels:
         return None
     return RevisionFacts(
         name=str(meta.get("name", "")),
         template=str(labels[TEMPLATE_LABEL]),
-        digest=str(labels[DIGEST_LABEL]),
+        digest=str(labels[REVISION_LABEL]),
         number=int(body.get("revision", 0)),
         spec=dict((body.get("data") or {}).get("spec") or {}),
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from virtfleet.core.plan_executor import Attempt, ColdMove
@@ -94,7 +95,7 @@ class Runtime:
         self.plan_starts[uid][vm] = (attempt, self.clock())
 
     def plan_expectations(
-        self, uid: str, attempts: dict[str, list[Attempt]], cold: dict[str, ColdMove]
+        self, uid: str, attempts: Mapping[str, Sequence[Attempt]], cold: Mapping[str, ColdMove]
     ) -> dict[str, int]:
         """Starts not yet visible in the watch, dropping those that are (or that never will be)."""
         starts = self.plan_starts.get(uid, {})
@@ -120,3 +121,8 @@ class Runtime:
     @staticmethod
     def clock() -> float:
         return time.monotonic()
+
+    @staticmethod
+    def now() -> datetime:
+        """The wall clock, for timestamps the API shows; the pure core is handed it, never reads it."""
+        return datetime.now(UTC)

@@ -6,10 +6,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from virtfleet.core.revisions import revision_hash
+from virtfleet.core.revisions import RevisionFacts, revision_hash
 from virtfleet.core.templates import TemplateVerdict, evaluate_template
 from virtfleet.core.validation import validate_template
-from virtfleet.kube.facts import RevisionFacts
 from virtfleet.kube.revisions import collect_garbage, ensure_revision
 from virtfleet.kube.runtime import Runtime
 

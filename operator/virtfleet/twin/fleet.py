@@ -17,13 +17,11 @@ import yaml
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from virtfleet.api.base import AnyQuantity, Model
+from virtfleet.api.labels import CPUMANAGER_LABEL, HOSTNAME_LABEL, NUMA_ANNOTATION
 from virtfleet.api.quantity import parse_bytes
-from virtfleet.core.capacity import NUMA_ANNOTATION
 from virtfleet.core.cpulist import format_cpu_list, parse_cpu_list
-from virtfleet.core.kubevirt import CPUMANAGER_LABEL
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
 SCHEDULABLE_LABEL = "kubevirt.io/schedulable"
 FLEET_LABEL = "twin.virtfleet.io/fleet"
 # Per-node link speed for migrations, bytes per second.

@@ -4,6 +4,7 @@ virt-handler and the scheduler, and writes results back through the API server. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import logging
@@ -12,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from virtfleet.api.labels import DIRTY_RATE_ANNOTATION, matches
 from virtfleet.api.quantity import QuantityError, parse_bytes
 from virtfleet.core import precopy
 from virtfleet.core.kubevirt import SpecError, launcher_requests
+from virtfleet.core.status import differing
 from virtfleet.kube.client import (
     MIGRATION_POLICIES,
     MIGRATIONS,
@@ -23,7 +26,9 @@ from virtfleet.kube.client import (
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
     ApiException,
+    Conflict,
     Kube,
+    NotFound,
     ResourceRef,
 )
 from virtfleet.twin import BANNER
@@ -37,9 +42,9 @@ log = logging.getLogger("virtfleet.twin")
 JSON = dict[str, Any]
 
 # Per-VMI knobs (set them in the VM template's metadata.annotations; they reach the VMI).
-DIRTY_RATE_ANNOTATION = "twin.virtfleet.io/dirty-rate"
-# The operator's planner reads this hint too, so its estimates and the twin's timings use the same rate.
-PLANNER_DIRTY_RATE_ANNOTATION = "virtfleet.io/dirty-rate"
+TWIN_DIRTY_RATE_ANNOTATION = "twin.virtfleet.io/dirty-rate"
+# The operator's planner reads api.labels.DIRTY_RATE_ANNOTATION too, so its estimates and the twin's
+# timings use the same rate.
 FAIL_MIGRATION_AT = "twin.virtfleet.io/fail-migration-at"
 FAIL_MIGRATIONS_COUNT = "twin.virtfleet.io/fail-migrations"
 CRASH_ANNOTATION = "twin.virtfleet.io/crash"
@@ -54,10 +59,6 @@ SETUP_PHASES = ("Scheduled", "PreparingTarget", "TargetReady")
 def _key(obj: Mapping[str, Any]) -> str:
     meta = obj["metadata"]
     return f"{meta.get('namespace', '')}/{meta['name']}"
-
-
-def _labels_match(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
 @dataclass
@@ -98,9 +99,7 @@ class Twin:
             status = manifest.pop("status")
             try:
                 await self.kube.create(NODES, None, manifest)
-            except ApiException as error:
-                if error.status != 409:
-                    raise
+            except Conflict:
                 await self.kube.patch(NODES, None, name, {k: manifest[k] for k in ("metadata", "spec")})
             status["conditions"] = [
                 {**c, "lastHeartbeatTime": self.clock.stamp(), "lastTransitionTime": self.clock.stamp()}
@@ -163,7 +162,7 @@ class Twin:
                 version = listing["metadata"]["resourceVersion"]
 
     def _report(self, key: tuple[str, str], error: Exception) -> None:
-        if isinstance(error, ApiException) and error.status in (404, 409):
+        if isinstance(error, NotFound | Conflict):
             return  # gone meanwhile, or a stale write: the next event brings the news
         log.error("%s: reconciling %s %s failed: %s", BANNER, key[0], key[1], error)
 
@@ -327,15 +326,12 @@ class Twin:
             if facts.phase in FINAL_PHASES and strategy in ("Always", "RerunOnFailure"):
                 self._restarts.add(uid)  # the VM controller starts a fresh VMI once this one is gone
             vmi = self.vmis[key]
-            try:
+            with contextlib.suppress(NotFound, Conflict):  # gone already, or a new VMI of the same name
                 await self.kube.delete(VIRTUAL_MACHINE_INSTANCES, namespace, name, uid=vmi["metadata"]["uid"])
-            except ApiException as error:
-                if error.status not in (404, 409):
-                    raise
         facts = self._vmi_facts(key)
         current = vm.get("status") or {}
         desired = vm_status(vm, facts, self.clock.stamp(), current)
-        if any(current.get(k) != v for k, v in desired.items()):
+        if differing(desired, current):
             updated = await self.kube.patch(
                 VIRTUAL_MACHINES, namespace, name, {"status": desired}, subresource="status"
             )
@@ -397,7 +393,7 @@ class Twin:
             created = await self.kube.create(VIRTUAL_MACHINE_INSTANCES, meta["namespace"], vmi)
         except ApiException as error:
             self.state.remove(key)
-            if error.status == 409:
+            if isinstance(error, Conflict):
                 return  # it exists; its watch event will bring it
             raise
         self.vmis[key] = created
@@ -638,10 +634,8 @@ class Twin:
             updated = await self.kube.patch(
                 MIGRATIONS, namespace, name, {"status": body}, subresource="status"
             )
-        except ApiException as error:
-            if error.status == 404:
-                return
-            raise
+        except NotFound:
+            return
         self.vmims[key] = updated
         if failure:
             log.info("%s: migration %s failed: %s", BANNER, key, failure)
@@ -649,17 +643,17 @@ class Twin:
     def _policy_for(self, vmi: JSON) -> tuple[str, JSON]:
         labels = vmi["metadata"].get("labels") or {}
         namespace_labels = self.namespace_labels.get(vmi["metadata"]["namespace"], {})
-        matches: list[tuple[int, str, JSON]] = []
+        found: list[tuple[int, str, JSON]] = []
         for name, policy in self.policies.items():
             selectors = (policy.get("spec") or {}).get("selectors") or {}
             vmi_selector = selectors.get("virtualMachineInstanceSelector") or {}
             ns_selector = selectors.get("namespaceSelector") or {}
-            if _labels_match(vmi_selector, labels) and _labels_match(ns_selector, namespace_labels):
-                matches.append((len(vmi_selector) + len(ns_selector), name, policy.get("spec") or {}))
-        if not matches:
+            if matches(labels, vmi_selector) and matches(namespace_labels, ns_selector):
+                found.append((len(vmi_selector) + len(ns_selector), name, policy.get("spec") or {}))
+        if not found:
             return "", {}
         # KubeVirt applies the policy that matches the most labels; ties go to the first name.
-        _, name, spec = min(matches, key=lambda m: (-m[0], m[1]))
+        _, name, spec = min(found, key=lambda m: (-m[0], m[1]))
         return name, spec
 
     def _inputs(self, vmi: JSON, source_node: str) -> tuple[precopy.MigrationInputs, str]:
@@ -669,8 +663,8 @@ class Twin:
         requests = launcher_requests(vmi.get("spec") or {}, cluster.cpu_allocation_ratio)
         try:
             dirty = parse_bytes(
-                annotations.get(DIRTY_RATE_ANNOTATION)
-                or annotations.get(PLANNER_DIRTY_RATE_ANNOTATION)
+                annotations.get(TWIN_DIRTY_RATE_ANNOTATION)
+                or annotations.get(DIRTY_RATE_ANNOTATION)
                 or self.fleet.defaults.dirty_rate
             )
         except QuantityError:

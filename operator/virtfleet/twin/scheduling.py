@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtfleet.api.labels import CPUMANAGER_LABEL, NUMA_ANNOTATION, matches
 from virtfleet.api.quantity import parse_bytes, parse_millicores
-from virtfleet.core.capacity import NUMA_ANNOTATION
 from virtfleet.core.cpulist import parse_cpu_list
-from virtfleet.core.kubevirt import CPUMANAGER_LABEL, LauncherRequests
+from virtfleet.core.kubevirt import LauncherRequests
 from virtfleet.twin.fleet import BANDWIDTH_ANNOTATION
 
 JSON = dict[str, Any]
@@ -378,7 +378,7 @@ def _tolerated(taint: Mapping[str, Any], tolerations: Iterable[Mapping[str, Any]
 
 
 def _matches_node(pod: PodView, node: NodeInfo) -> bool:
-    if any(node.labels.get(k) != v for k, v in pod.node_selector.items()):
+    if not matches(node.labels, pod.node_selector):
         return False
     required = (pod.affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
     if not required:
@@ -421,6 +421,6 @@ def _expression_matches(expression: Mapping[str, Any], labels: Mapping[str, str]
 def _selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
     if selector is None:
         return False  # a nil selector selects nothing
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+    if not matches(labels, selector.get("matchLabels")):
         return False
     return all(_expression_matches(e, labels) for e in selector.get("matchExpressions") or [])

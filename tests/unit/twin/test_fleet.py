@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from virtfleet.core.capacity import NUMA_ANNOTATION
+from virtfleet.api.labels import NUMA_ANNOTATION
 from virtfleet.core.cpulist import format_cpu_list, parse_cpu_list
 from virtfleet.twin.clock import Clock
 from virtfleet.twin.fleet import Fleet, node_manifests

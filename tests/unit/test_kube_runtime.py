@@ -1,4 +1,4 @@
-"""Expectations: in-flight creates and deletes count until the watch shows them, or they expire."""
+"""virtfleet.kube.runtime: in-flight creates and deletes count until the watch shows them, or they expire."""
 
 from __future__ import annotations
 

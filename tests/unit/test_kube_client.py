@@ -1,10 +1,14 @@
-"""Classifying the API server's refusals (no server needed: the bodies are the API server's own)."""
+"""virtfleet.kube.client: classifying the API server's refusals (no server needed: the bodies are the
+API server's own)."""
 
 from __future__ import annotations
 
 import json
 
-from virtfleet.kube.client import ApiException, namespace_terminating
+import pytest
+from kubernetes_asyncio import client
+
+from virtfleet.kube.client import NODES, ApiException, Conflict, Kube, NotFound, namespace_terminating
 
 
 def refusal(status: int, body: object) -> ApiException:
@@ -47,3 +51,18 @@ def test_other_refusals_are_not() -> None:
     assert not namespace_terminating(refusal(403, "not json"))
     assert not namespace_terminating(refusal(403, {"details": {"causes": ["NamespaceTerminating"]}}))
     assert not namespace_terminating(refusal(403, "[]"))
+
+
+@pytest.mark.parametrize(("status", "kind"), [(404, NotFound), (409, Conflict), (422, ApiException)])
+async def test_refusals_are_typed_and_stay_api_exceptions(status: int, kind: type[ApiException]) -> None:
+    kube = Kube(client.ApiClient(client.Configuration()), "test")
+
+    async def refuse(*_: object, **__: object) -> None:
+        raise refusal(status, {"kind": "Status", "code": status})
+
+    kube._api.call_api = refuse  # type: ignore[method-assign]
+    with pytest.raises(ApiException) as raised:
+        await kube.get(NODES, None, "n0")
+    assert type(raised.value) is kind and raised.value.status == status
+    assert json.loads(raised.value.body)["code"] == status
+    await kube.close()

@@ -1,0 +1,96 @@
+"""virtfleet.kube.plans.reconcile_plan against a fake client that fails on any call not allowed: what a
+reconcile writes before a plan starts, when it starts, and that a plan that only plans writes nothing
+the second time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fake_kube import FakeKube, runtime_with
+
+from virtfleet.api import reasons
+from virtfleet.core.capacity import NodeFacts, Placed
+from virtfleet.core.kubevirt import launcher_requests
+from virtfleet.core.plans import PlanInputs
+from virtfleet.kube.client import (
+    MIGRATION_PLANS,
+    MIGRATION_POLICIES,
+    MIGRATIONS,
+    NODES,
+    VIRTUAL_MACHINE_INSTANCES,
+)
+from virtfleet.kube.plans import reconcile_plan
+
+GIB = 2**30
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+REQUESTS = launcher_requests({"domain": {"cpu": {"cores": 2}, "memory": {"guest": "4Gi"}}})
+FLEET = [Placed(f"ns/vm-{i}", "n0", REQUESTS, labels=(("virtfleet.io/pool", "web"),), running=True)
+         for i in range(3)]  # fmt: skip
+NODE_FACTS = [NodeFacts(f"n{i}", {"kubernetes.io/hostname": f"n{i}"}, 32_000, 256 * GIB) for i in range(3)]
+
+
+def inputs(spec: dict[str, Any], status: dict[str, Any] | None = None) -> PlanInputs:
+    return PlanInputs("ns", "drain", "plan-uid", 1, spec, status or {}, FLEET, NODE_FACTS)
+
+
+@pytest.fixture(autouse=True)
+def frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("virtfleet.kube.runtime.Runtime.now", staticmethod(lambda: NOW))
+
+
+async def test_a_dry_run_writes_its_plan_once_then_nothing() -> None:
+    kube = FakeKube(("patch/status", MIGRATION_PLANS))
+    runtime = runtime_with(kube)
+    spec = {"goal": "drain", "nodes": ["n0"], "dryRun": True}
+    first = await reconcile_plan(runtime, inputs(spec))
+    assert kube.calls == [("patch/status", "migrationplans", "ns/drain")]
+    assert first.status["phase"] == "Planned" and first.status["total"] == 3
+    again = FakeKube()
+    runtime.kube = again  # type: ignore[assignment]
+    second = await reconcile_plan(runtime, inputs(spec, first.status))
+    assert again.calls == [] and second.events == [] and second.wake_at is None
+
+
+async def test_a_plan_waiting_for_not_before_wakes_then_and_touches_nothing_else() -> None:
+    kube = FakeKube(("patch/status", MIGRATION_PLANS))
+    spec = {"goal": "drain", "nodes": ["n0"], "notBefore": "2026-12-01T13:00:00Z"}
+    outcome = await reconcile_plan(runtime_with(kube), inputs(spec))
+    assert kube.calls == [("patch/status", "migrationplans", "ns/drain")]
+    assert outcome.status["phase"] == "Pending"
+    assert outcome.wake_at == datetime(2026, 12, 1, 13, 0, tzinfo=UTC)
+
+
+async def test_starting_a_drain_cordons_freezes_the_plan_and_starts_what_the_limits_allow() -> None:
+    kube = FakeKube(
+        ("patch", NODES),
+        ("apply", MIGRATION_POLICIES),
+        ("patch", VIRTUAL_MACHINE_INSTANCES),
+        ("patch/status", MIGRATION_PLANS),
+        ("create", MIGRATIONS),
+    )
+    outcome = await reconcile_plan(runtime_with(kube), inputs({"goal": "drain", "nodes": ["n0"]}))
+    assert kube.writes("patch", "nodes") == ["/n0"]
+    assert kube.writes("apply", "migrationpolicies") == ["/virtfleet-plan-uid"]
+    # Two migrations: the default maxOutboundPerNode of the drained node.
+    assert len(kube.writes("create", "virtualmachineinstancemigrations")) == 2
+    # One write freezes the plan, one reports the first step.
+    assert kube.writes("patch/status", "migrationplans") == ["ns/drain", "ns/drain"]
+    assert outcome.status["phase"] == "Running" and outcome.status["startedAt"] == "2026-12-01T12:00:00.000Z"
+    assert [r for _, r, _ in outcome.events][:2] == [reasons.NODE_CORDONED, reasons.PLAN_STARTED]
+
+
+async def test_an_invalid_spec_is_reported_and_nothing_else_is_written() -> None:
+    kube = FakeKube(("patch/status", MIGRATION_PLANS))
+    outcome = await reconcile_plan(runtime_with(kube), inputs({"goal": "teleport"}))
+    assert kube.calls == [("patch/status", "migrationplans", "ns/drain")]
+    stalled = next(c for c in outcome.status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", reasons.INVALID_SPEC)
+
+
+async def test_a_finished_plan_only_records_the_generation() -> None:
+    kube = FakeKube()
+    status = {"phase": "Succeeded", "observedGeneration": 1}
+    outcome = await reconcile_plan(runtime_with(kube), inputs({"goal": "drain", "nodes": ["n0"]}, status))
+    assert kube.calls == [] and outcome.events == []
