@@ -59,7 +59,22 @@ def wait_phase(
     try:
         return wait_for(reached, timeout, f"plan {name} never reached {phases}")
     except AssertionError as error:
-        raise AssertionError(f"{error}: {json.dumps(plan_status(cluster, namespace, name))[:4000]}") from None
+        # What the plan waits on: each VM's runStrategy and cold-move record, each VMI's node and phase.
+        vms = get_json(cluster, "-n", namespace, "vm")["items"]
+        seen = {
+            vm["metadata"]["name"]: {
+                "runStrategy": vm["spec"].get("runStrategy"),
+                "annotations": {
+                    k: v for k, v in vm["metadata"].get("annotations", {}).items() if "cold" in k
+                },
+                "nodeSelector": vm["spec"]["template"]["spec"].get("nodeSelector"),
+            }
+            for vm in vms
+        }
+        placed = {n: (v["status"].get("nodeName"), v["status"].get("phase"), v["status"].get("conditions"))
+                  for n, v in vmis(cluster, namespace).items()}  # fmt: skip
+        status = json.dumps(plan_status(cluster, namespace, name))[:4000]
+        raise AssertionError(f"{error}: {status}\nVMs: {seen}\nVMIs: {placed}") from None
 
 
 def vmis(cluster: LocalCluster, namespace: str) -> dict[str, dict[str, Any]]:
