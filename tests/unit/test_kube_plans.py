@@ -4,6 +4,7 @@ the second time."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from fake_kube import FakeKube, runtime_with
 
 from virtfleet.api import reasons
+from virtfleet.api.labels import CORDONED_BY_ANNOTATION
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.kubevirt import launcher_requests
 from virtfleet.core.plans import PlanInputs
@@ -94,3 +96,26 @@ async def test_a_finished_plan_only_records_the_generation() -> None:
     status = {"phase": "Succeeded", "observedGeneration": 1}
     outcome = await reconcile_plan(runtime_with(kube), inputs({"goal": "drain", "nodes": ["n0"]}, status))
     assert kube.calls == [] and outcome.events == []
+
+
+@pytest.mark.parametrize(("cordoned_by", "ours"), [("ns/drain", True), ("someone/else", False)])
+async def test_a_restart_between_cordon_and_status_still_uncordons_only_its_own(
+    cordoned_by: str, ours: bool
+) -> None:
+    """kill -9 after the cordon, before the status that records it: the node is already unschedulable
+    when the plan starts again, and only the plan's own annotation makes it the plan's to uncordon."""
+    node = {"metadata": {"name": "n0", "annotations": {CORDONED_BY_ANNOTATION: cordoned_by}}, "spec": {"unschedulable": True}}  # fmt: skip
+    kube = FakeKube(
+        ("get", NODES),
+        ("apply", MIGRATION_POLICIES),
+        ("patch", VIRTUAL_MACHINE_INSTANCES),
+        ("patch/status", MIGRATION_PLANS),
+        ("create", MIGRATIONS),
+        objects={("get", "nodes", "/n0"): node},
+    )
+    cordoned = [replace(NODE_FACTS[0], schedulable=False), *NODE_FACTS[1:]]
+    plan = PlanInputs("ns", "drain", "plan-uid", 1, {"goal": "drain", "nodes": ["n0"], "uncordonWhenDone": True},
+                      {}, FLEET, cordoned)  # fmt: skip
+    outcome = await reconcile_plan(runtime_with(kube), plan)
+    assert kube.writes("patch", "nodes") == []  # no second cordon
+    assert outcome.status["cordonedNodes"] == (["n0"] if ours else [])

@@ -349,6 +349,14 @@ async def _cordon(kube: Kube, spec: MigrationPlanSpec, inputs: PlanInputs, outco
     cordoned = []
     for node in spec.nodes:
         if node not in schedulable:
+            # Already cordoned: ours only if this plan did it and the operator stopped before the status
+            # write that records it (kill -9 then); anyone else's cordon is left alone when we finish.
+            try:
+                mine = objects.cordoned_by(await kube.get(NODES, None, node)) == owner
+            except NotFound:
+                continue
+            if mine:
+                cordoned.append(node)
             continue
         try:
             await kube.patch(NODES, None, node, objects.cordon(owner))
