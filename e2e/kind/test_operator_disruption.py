@@ -65,7 +65,14 @@ def test_deleting_the_operator_pod_mid_scale_out_makes_exactly_the_desired_vms(
     assert all(after[name] == uid for name, uid in before.items())  # nothing made before was replaced
     events = json.loads(test_cluster.kubectl("-n", namespace, "get", "events", "-o", "json").stdout)["items"]
     assert not [e for e in events if e.get("reason") == "FailedCreate"], "a create failed (a duplicate?)"
-    assert [p for p in operator.ready_pods() if p["metadata"]["uid"] != leader["metadata"]["uid"]]
+    # The Deployment replaced the pod (the old one may finish the scale-out during its grace period).
+    wait_for(
+        lambda: (
+            [p for p in operator.ready_pods() if p["metadata"]["uid"] != leader["metadata"]["uid"]] or None
+        ),
+        120,
+        "the deleted operator pod was never replaced by a Ready one",
+    )
 
 
 @pytest.fixture
