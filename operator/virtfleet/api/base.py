@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -17,6 +16,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from virtfleet.api.quantity import QuantityError, parse_quantity
+from virtfleet.api.timestamps import TimeToSecond
 
 # Kubernetes resource.Quantity as its parser reads it: a decimal, then a binary or decimal suffix or an
 # exponent ("4Gi", "1500m", "2", "1e3").
@@ -121,7 +121,7 @@ class Condition(Model):
         description="One CamelCase word that says why the condition has its status.",
     )
     message: str = Field(default="", max_length=4096, description="Human-readable details.")
-    last_transition_time: datetime | None = Field(
+    last_transition_time: TimeToSecond | None = Field(
         default=None, description="When the status last changed (RFC 3339)."
     )
     observed_generation: int | None = Field(

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from virtfleet.api.base import BaseStatus, Conditions, DNSLabel, LabelMap, Model, ObjectName, Quantity, cel
+from virtfleet.api.timestamps import TimeToMillisecond
 
 NodeName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 MAX_LISTED = 2000  # per-VM entries kept in status (etcd objects stay well under their size limit)
@@ -201,15 +202,17 @@ class PlannedVM(Model):
     migration: str = Field(
         default="", max_length=253, description="Name of its latest VirtualMachineInstanceMigration."
     )
-    started_at: datetime | None = Field(default=None, description="When the latest attempt started.")
-    finished_at: datetime | None = Field(default=None, description="When it finished.")
+    started_at: TimeToMillisecond | None = Field(default=None, description="When the latest attempt started.")
+    finished_at: TimeToMillisecond | None = Field(default=None, description="When it finished.")
     actual_duration_seconds: float | None = Field(default=None, ge=0, description="Observed duration.")
     actual_downtime_seconds: float | None = Field(
         default=None,
         ge=0,
         description="Observed downtime: cold moves only (KubeVirt does not report a live migration's pause).",
     )
-    retry_at: datetime | None = Field(default=None, description="Waiting: when the next attempt may start.")
+    retry_at: TimeToMillisecond | None = Field(
+        default=None, description="Waiting: when the next attempt may start."
+    )
     last_error: str = Field(default="", max_length=1024, description="Why the latest attempt failed.")
 
 
@@ -231,8 +234,12 @@ class MigrationPlanStatus(BaseStatus):
     cancelled: int = Field(default=0, ge=0, description="VMs not moved because the plan stopped.")
     skipped: int = Field(default=0, ge=0, description="VMs that went away or moved outside the plan.")
     progress: str = Field(default="", max_length=32, description="done/total, for kubectl get.")
-    started_at: datetime | None = Field(default=None, description="When execution started (plan frozen).")
-    finished_at: datetime | None = Field(default=None, description="When the plan reached a final phase.")
+    started_at: TimeToMillisecond | None = Field(
+        default=None, description="When execution started (plan frozen)."
+    )
+    finished_at: TimeToMillisecond | None = Field(
+        default=None, description="When the plan reached a final phase."
+    )
     estimated_makespan_seconds: float | None = Field(
         default=None, ge=0, description="Model estimate of the plan."
     )

@@ -14,11 +14,12 @@ from typing import Any
 
 from virtfleet.api import reasons
 from virtfleet.api.migrationplan import MAX_LISTED, MigrationPlanSpec, PlanPhase, VMPhase
+from virtfleet.api.timestamps import stamp
 from virtfleet.core import conditions, plan_executor
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.migration_planner import Plan, limits_of
 from virtfleet.core.plan_executor import Attempt, ColdMove, Controls, Entry, World
-from virtfleet.core.status import ObjectInputs, differing, stamp
+from virtfleet.core.status import ObjectInputs, differing
 
 Event = tuple[str, str, str]  # (type, reason, message)
 

@@ -25,6 +25,7 @@ from virtfleet.api.labels import (
     PLAN_LABEL,
 )
 from virtfleet.api.migrationplan import ColdStage, MigrationPlanSpec
+from virtfleet.api.timestamps import stamp
 from virtfleet.core import plan_executor, plans
 from virtfleet.core import plan_objects as objects
 from virtfleet.core.migration_planner import Plan, build_plan
@@ -38,7 +39,7 @@ from virtfleet.core.plan_executor import (
     World,
 )
 from virtfleet.core.plans import Event, PlanInputs
-from virtfleet.core.status import differing, stamp
+from virtfleet.core.status import differing
 from virtfleet.kube.client import (
     MIGRATION_PLANS,
     MIGRATION_POLICIES,
