@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -10,8 +10,11 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PlainSerializer,
     StringConstraints,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -108,6 +111,22 @@ class Model(BaseModel):
         extra="forbid",
         use_attribute_docstrings=False,
     )
+
+
+def _keep_int(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    checked = handler(value)  # the float's checks (ge, le) still apply
+    return value if type(value) is int else checked
+
+
+def _as_is(value: float) -> int | float:  # the int that _keep_int kept, written as one
+    return value
+
+
+# Seconds (a duration, an estimate), a JSON number that stays an int when it is one. JSON has one number
+# type, but the text differs: the API server hands back 12 for a 12.0 we wrote, and a whole estimate may
+# be computed as an int; a plain float field would write either back as 12.0. The bound sits inside the
+# type so the wrapped validator checks it and the schema still says `minimum: 0`.
+Seconds = Annotated[float, Field(ge=0), WrapValidator(_keep_int), PlainSerializer(_as_is, when_used="json")]
 
 
 class Condition(Model):

@@ -8,7 +8,17 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from virtfleet.api.base import BaseStatus, Conditions, DNSLabel, LabelMap, Model, ObjectName, Quantity, cel
+from virtfleet.api.base import (
+    BaseStatus,
+    Conditions,
+    DNSLabel,
+    LabelMap,
+    Model,
+    ObjectName,
+    Quantity,
+    Seconds,
+    cel,
+)
 from virtfleet.api.timestamps import TimeToMillisecond
 
 NodeName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
@@ -194,9 +204,9 @@ class PlannedVM(Model):
         description="Planned, Waiting (backoff before a retry), Migrating (live), Stopping/Starting (cold),"
         " Succeeded, Failed, Cancelled, Skipped (the VM went away or moved outside the plan).",
     )
-    estimated_start_seconds: float = Field(ge=0, description="Seconds after the plan starts.")
-    estimated_duration_seconds: float = Field(ge=0, description="Model estimate of the migration's duration.")
-    estimated_downtime_seconds: float = Field(ge=0, description="Model estimate of the pause.")
+    estimated_start_seconds: Seconds = Field(description="Seconds after the plan starts.")
+    estimated_duration_seconds: Seconds = Field(description="Model estimate of the migration's duration.")
+    estimated_downtime_seconds: Seconds = Field(description="Model estimate of the pause.")
     attempts: int = Field(default=0, ge=0, description="Migrations (or cold moves) started for this VM.")
     node: str | None = Field(default=None, max_length=253, description="Node its VMI runs on now.")
     migration: str = Field(
@@ -204,10 +214,9 @@ class PlannedVM(Model):
     )
     started_at: TimeToMillisecond | None = Field(default=None, description="When the latest attempt started.")
     finished_at: TimeToMillisecond | None = Field(default=None, description="When it finished.")
-    actual_duration_seconds: float | None = Field(default=None, ge=0, description="Observed duration.")
-    actual_downtime_seconds: float | None = Field(
+    actual_duration_seconds: Seconds | None = Field(default=None, description="Observed duration.")
+    actual_downtime_seconds: Seconds | None = Field(
         default=None,
-        ge=0,
         description="Observed downtime: cold moves only (KubeVirt does not report a live migration's pause).",
     )
     retry_at: TimeToMillisecond | None = Field(
@@ -240,14 +249,12 @@ class MigrationPlanStatus(BaseStatus):
     finished_at: TimeToMillisecond | None = Field(
         default=None, description="When the plan reached a final phase."
     )
-    estimated_makespan_seconds: float | None = Field(
-        default=None, ge=0, description="Model estimate of the plan."
+    estimated_makespan_seconds: Seconds | None = Field(
+        default=None, description="Model estimate of the plan."
     )
-    estimated_max_downtime_seconds: float | None = Field(
-        default=None, ge=0, description="Largest single pause."
-    )
-    estimated_remaining_seconds: float | None = Field(
-        default=None, ge=0, description="Model estimate of the time left."
+    estimated_max_downtime_seconds: Seconds | None = Field(default=None, description="Largest single pause.")
+    estimated_remaining_seconds: Seconds | None = Field(
+        default=None, description="Model estimate of the time left."
     )
     migration_policy: str = Field(
         default="", max_length=253, description="The KubeVirt MigrationPolicy that carries spec.migration."
