@@ -50,6 +50,7 @@ from virtfleet.core.migration_planner import (
 )
 from virtfleet.core.plans import planned_status
 from virtfleet.core.render import PoolContext, RenderError, check_compatible, render_vm, vm_name
+from virtfleet.core.status import wire
 from virtfleet.core.validation import validate_template
 
 REPO = Path(__file__).resolve().parents[2]
@@ -975,6 +976,6 @@ def test_plan_handler_path_never_raises_and_writes_a_valid_status(
     """What the MigrationPlan handler does with a parsed spec: select, plan, and write status."""
     spec, placements, nodes = inputs
     plan = build_plan(spec, "ns", placements, nodes, ratios)
-    status = planned_status(spec, plan, {}, 1, datetime(2026, 12, 1, tzinfo=UTC))
+    status = wire(planned_status(spec, plan, {}, 1, datetime(2026, 12, 1, tzinfo=UTC)))
     MigrationPlanStatus.model_validate(status)
     json.dumps(status)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from typing import Any
 
-from virtfleet.api.migrationplan import MigrationPlanSpec
+from virtfleet.api.migrationplan import MigrationPlanSpec, MigrationPlanStatus
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.kubevirt import launcher_requests
 from virtfleet.core.migration_planner import build_plan
-from virtfleet.core.plans import planned_status
+from virtfleet.core.plans import planned_status, started_status
+from virtfleet.core.status import differing, wire
 
 GIB = 2**30
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -25,21 +28,29 @@ FLEET = [placed("web-0", "n0"), placed("web-1", "n0"), placed("db-0", "n0", pool
          placed("other", "n0", namespace="elsewhere")]  # fmt: skip
 
 
+def written(status: MigrationPlanStatus, stored: dict[str, Any]) -> dict[str, Any]:
+    """What the adapter writes for a decided status: one dump, one diff against the stored status."""
+    return differing(wire(status), stored)
+
+
 def test_dry_run_status_then_no_op() -> None:
     spec = MigrationPlanSpec.model_validate({"goal": "drain", "nodes": ["n0"], "dryRun": True})
     plan = build_plan(spec, "ns", FLEET, NODES, {"web": (4.0, 1.0)})
-    first = planned_status(spec, plan, {}, 1, NOW)
+    first = written(planned_status(spec, plan, {}, 1, NOW), {})
     assert first["phase"] == "Planned" and first["total"] == 3
     assert {v["name"] for v in first["vms"]} == {"web-0", "web-1", "db-0"}
     assert all(v["target"] in ("n1", "n2") for v in first["vms"])
     assert first["estimatedMakespanSeconds"] > 0
-    assert planned_status(spec, plan, first, 1, NOW) == {}  # the same facts: nothing to write
+    assert written(planned_status(spec, plan, first, 1, NOW), first) == {}  # the same facts: nothing to write
 
 
 def test_a_plan_waiting_to_start_reports_its_plan_and_why() -> None:
     spec = MigrationPlanSpec.model_validate({"goal": "rebalance", "notBefore": "2999-01-01T00:00:00Z"})
-    status = planned_status(
-        spec, build_plan(spec, "ns", FLEET, NODES, {}), {}, 2, NOW, "Pending", "waiting for notBefore"
+    status = written(
+        planned_status(
+            spec, build_plan(spec, "ns", FLEET, NODES, {}), {}, 2, NOW, "Pending", "waiting for notBefore"
+        ),
+        {},
     )
     reconciling = next(c for c in status["conditions"] if c["type"] == "Reconciling")
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
@@ -50,3 +61,79 @@ def test_a_plan_waiting_to_start_reports_its_plan_and_why() -> None:
         "waiting for notBefore",
     )
     assert stalled["status"] == "False"
+
+
+# A running drain as the API server hands it back: whole numbers as ints (estimatedMakespanSeconds 12,
+# estimatedStartSeconds 0), others as floats (a cold move's downtime 0.39), plan and per-VM times to the
+# millisecond, conditions' times to the second, the optional per-VM fields only where known.
+STORED: dict[str, Any] = {
+    "observedGeneration": 2,
+    "conditions": [
+        {"type": "Degraded", "status": "False", "reason": "NoFailures", "message": "",
+         "lastTransitionTime": "2026-12-01T12:00:00Z", "observedGeneration": 2},
+        {"type": "Progressing", "status": "True", "reason": "Running", "message": "2/5 moved",
+         "lastTransitionTime": "2026-12-01T12:00:01Z", "observedGeneration": 2},
+        {"type": "Ready", "status": "False", "reason": "Running", "message": "2 in flight",
+         "lastTransitionTime": "2026-12-01T12:00:00Z", "observedGeneration": 2},
+        {"type": "Succeeded", "status": "Unknown", "reason": "Running", "message": "",
+         "lastTransitionTime": "2026-12-01T12:00:01Z", "observedGeneration": 2},
+    ],
+    "phase": "Running",
+    "total": 5,
+    "done": 2,
+    "failed": 0,
+    "inFlight": 2,
+    "cancelled": 0,
+    "skipped": 0,
+    "progress": "2/5",
+    "startedAt": "2026-12-01T12:00:00.123Z",
+    "estimatedMakespanSeconds": 12,
+    "estimatedMaxDowntimeSeconds": 0.39,
+    "estimatedRemainingSeconds": 4.5,
+    "migrationPolicy": "virtfleet-0f1e2d3c",
+    "cordonedNodes": ["n0"],
+    "vms": [
+        {"name": "web-0", "pool": "web", "source": "n0", "target": "n1", "method": "live", "wave": 0,
+         "phase": "Succeeded", "estimatedStartSeconds": 0, "estimatedDurationSeconds": 3.2,
+         "estimatedDowntimeSeconds": 0.041, "attempts": 1, "node": "n1", "migration": "drain-web-0-1",
+         "startedAt": "2026-12-01T12:00:00.457Z", "finishedAt": "2026-12-01T12:00:03.900Z",
+         "actualDurationSeconds": 3.44, "lastError": ""},
+        {"name": "db-0", "pool": "db", "source": "n0", "target": "n2", "method": "cold", "wave": 0,
+         "phase": "Succeeded", "estimatedStartSeconds": 0, "estimatedDurationSeconds": 6,
+         "estimatedDowntimeSeconds": 0.39, "attempts": 1, "node": "n2", "migration": "",
+         "startedAt": "2026-12-01T12:00:00.460Z", "finishedAt": "2026-12-01T12:00:07.012Z",
+         "actualDurationSeconds": 6.55, "actualDowntimeSeconds": 0.39, "lastError": ""},
+        {"name": "web-1", "pool": "web", "source": "n0", "target": "n2", "method": "live", "wave": 1,
+         "phase": "Waiting", "estimatedStartSeconds": 3.2, "estimatedDurationSeconds": 3.2,
+         "estimatedDowntimeSeconds": 0.041, "attempts": 1, "node": "n0", "migration": "drain-web-1-1",
+         "startedAt": "2026-12-01T12:00:04.001Z", "finishedAt": "2026-12-01T12:00:05.250Z",
+         "retryAt": "2026-12-01T12:00:35.250Z", "lastError": "migration failed: target pod not ready"},
+        {"name": "web-2", "pool": "web", "source": "n0", "target": "n1", "method": "live", "wave": 1,
+         "phase": "Migrating", "estimatedStartSeconds": 3.2, "estimatedDurationSeconds": 12.0,
+         "estimatedDowntimeSeconds": 0.3, "attempts": 1, "node": "n0", "migration": "drain-web-2-1",
+         "startedAt": "2026-12-01T12:00:07.100Z", "lastError": ""},
+        {"name": "web-3", "pool": "web", "source": "n0", "target": "n2", "method": "live", "wave": 2,
+         "phase": "Planned", "estimatedStartSeconds": 6.4, "estimatedDurationSeconds": 3.2,
+         "estimatedDowntimeSeconds": 0.041, "attempts": 0, "migration": "", "lastError": ""},
+    ],
+    "unplaceable": [],
+}  # fmt: skip
+
+
+def test_a_stored_status_round_trips_through_the_model_to_the_same_bytes() -> None:
+    """The typed status writes what the dicts wrote: the same fields, ints as ints, floats as floats and
+    each timestamp at its precision; compared as JSON text, since 12 == 12.0 in Python."""
+    again = wire(MigrationPlanStatus.model_validate(STORED))
+    assert json.dumps(again, sort_keys=True) == json.dumps(STORED, sort_keys=True)
+    assert differing(again, STORED) == {}
+
+
+def test_decided_times_are_written_at_their_precision() -> None:
+    spec = MigrationPlanSpec.model_validate({"goal": "drain", "nodes": ["n0"]})
+    plan = build_plan(spec, "ns", FLEET, NODES, {"web": (4.0, 1.0)})
+    now = datetime(2026, 12, 1, 12, 0, 5, 678_901, tzinfo=UTC)
+    status = wire(started_status(spec, plan, {}, 1, now, "", ["n0"]))
+    assert status["startedAt"] == "2026-12-01T12:00:05.678Z"  # a plan's times: to the millisecond
+    assert {c["lastTransitionTime"] for c in status["conditions"]} == {
+        "2026-12-01T12:00:05Z"
+    }  # to the second

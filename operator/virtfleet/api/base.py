@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -11,12 +10,16 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PlainSerializer,
     StringConstraints,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
 )
 from pydantic.alias_generators import to_camel
 
 from virtfleet.api.quantity import QuantityError, parse_quantity
+from virtfleet.api.timestamps import TimeToSecond
 
 # Kubernetes resource.Quantity as its parser reads it: a decimal, then a binary or decimal suffix or an
 # exponent ("4Gi", "1500m", "2", "1e3").
@@ -110,6 +113,22 @@ class Model(BaseModel):
     )
 
 
+def _keep_int(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    checked = handler(value)  # the float's checks (ge, le) still apply
+    return value if type(value) is int else checked
+
+
+def _as_is(value: float) -> int | float:  # the int that _keep_int kept, written as one
+    return value
+
+
+# Seconds (a duration, an estimate), a JSON number that stays an int when it is one. JSON has one number
+# type, but the text differs: the API server hands back 12 for a 12.0 we wrote, and a whole estimate may
+# be computed as an int; a plain float field would write either back as 12.0. The bound sits inside the
+# type so the wrapped validator checks it and the schema still says `minimum: 0`.
+Seconds = Annotated[float, Field(ge=0), WrapValidator(_keep_int), PlainSerializer(_as_is, when_used="json")]
+
+
 class Condition(Model):
     """A Kubernetes-style condition (kstatus conventions)."""
 
@@ -121,7 +140,7 @@ class Condition(Model):
         description="One CamelCase word that says why the condition has its status.",
     )
     message: str = Field(default="", max_length=4096, description="Human-readable details.")
-    last_transition_time: datetime | None = Field(
+    last_transition_time: TimeToSecond | None = Field(
         default=None, description="When the status last changed (RFC 3339)."
     )
     observed_generation: int | None = Field(

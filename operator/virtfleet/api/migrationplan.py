@@ -8,7 +8,18 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from virtfleet.api.base import BaseStatus, Conditions, DNSLabel, LabelMap, Model, ObjectName, Quantity, cel
+from virtfleet.api.base import (
+    BaseStatus,
+    Conditions,
+    DNSLabel,
+    LabelMap,
+    Model,
+    ObjectName,
+    Quantity,
+    Seconds,
+    cel,
+)
+from virtfleet.api.timestamps import TimeToMillisecond
 
 NodeName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 MAX_LISTED = 2000  # per-VM entries kept in status (etcd objects stay well under their size limit)
@@ -193,23 +204,24 @@ class PlannedVM(Model):
         description="Planned, Waiting (backoff before a retry), Migrating (live), Stopping/Starting (cold),"
         " Succeeded, Failed, Cancelled, Skipped (the VM went away or moved outside the plan).",
     )
-    estimated_start_seconds: float = Field(ge=0, description="Seconds after the plan starts.")
-    estimated_duration_seconds: float = Field(ge=0, description="Model estimate of the migration's duration.")
-    estimated_downtime_seconds: float = Field(ge=0, description="Model estimate of the pause.")
+    estimated_start_seconds: Seconds = Field(description="Seconds after the plan starts.")
+    estimated_duration_seconds: Seconds = Field(description="Model estimate of the migration's duration.")
+    estimated_downtime_seconds: Seconds = Field(description="Model estimate of the pause.")
     attempts: int = Field(default=0, ge=0, description="Migrations (or cold moves) started for this VM.")
     node: str | None = Field(default=None, max_length=253, description="Node its VMI runs on now.")
     migration: str = Field(
         default="", max_length=253, description="Name of its latest VirtualMachineInstanceMigration."
     )
-    started_at: datetime | None = Field(default=None, description="When the latest attempt started.")
-    finished_at: datetime | None = Field(default=None, description="When it finished.")
-    actual_duration_seconds: float | None = Field(default=None, ge=0, description="Observed duration.")
-    actual_downtime_seconds: float | None = Field(
+    started_at: TimeToMillisecond | None = Field(default=None, description="When the latest attempt started.")
+    finished_at: TimeToMillisecond | None = Field(default=None, description="When it finished.")
+    actual_duration_seconds: Seconds | None = Field(default=None, description="Observed duration.")
+    actual_downtime_seconds: Seconds | None = Field(
         default=None,
-        ge=0,
         description="Observed downtime: cold moves only (KubeVirt does not report a live migration's pause).",
     )
-    retry_at: datetime | None = Field(default=None, description="Waiting: when the next attempt may start.")
+    retry_at: TimeToMillisecond | None = Field(
+        default=None, description="Waiting: when the next attempt may start."
+    )
     last_error: str = Field(default="", max_length=1024, description="Why the latest attempt failed.")
 
 
@@ -231,16 +243,18 @@ class MigrationPlanStatus(BaseStatus):
     cancelled: int = Field(default=0, ge=0, description="VMs not moved because the plan stopped.")
     skipped: int = Field(default=0, ge=0, description="VMs that went away or moved outside the plan.")
     progress: str = Field(default="", max_length=32, description="done/total, for kubectl get.")
-    started_at: datetime | None = Field(default=None, description="When execution started (plan frozen).")
-    finished_at: datetime | None = Field(default=None, description="When the plan reached a final phase.")
-    estimated_makespan_seconds: float | None = Field(
-        default=None, ge=0, description="Model estimate of the plan."
+    started_at: TimeToMillisecond | None = Field(
+        default=None, description="When execution started (plan frozen)."
     )
-    estimated_max_downtime_seconds: float | None = Field(
-        default=None, ge=0, description="Largest single pause."
+    finished_at: TimeToMillisecond | None = Field(
+        default=None, description="When the plan reached a final phase."
     )
-    estimated_remaining_seconds: float | None = Field(
-        default=None, ge=0, description="Model estimate of the time left."
+    estimated_makespan_seconds: Seconds | None = Field(
+        default=None, description="Model estimate of the plan."
+    )
+    estimated_max_downtime_seconds: Seconds | None = Field(default=None, description="Largest single pause.")
+    estimated_remaining_seconds: Seconds | None = Field(
+        default=None, description="Model estimate of the time left."
     )
     migration_policy: str = Field(
         default="", max_length=253, description="The KubeVirt MigrationPolicy that carries spec.migration."

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from virtfleet.core.status import stamp_seconds
+from virtfleet.api.timestamps import stamp_seconds
 
 Status = Literal["True", "False", "Unknown"]
 

@@ -21,9 +21,9 @@ from virtfleet.api.labels import (
     VM_ANNOTATION,
 )
 from virtfleet.api.migrationplan import ColdStage, MigrationPlanSpec
+from virtfleet.api.timestamps import stamp
 from virtfleet.core.plan_executor import StartMigration, StopForColdMove
 from virtfleet.core.plans import PlanInputs
-from virtfleet.core.status import stamp
 
 COLD_RUN_STRATEGIES = ("Always", "RerunOnFailure")  # a cold move stops and starts the VM through these
 

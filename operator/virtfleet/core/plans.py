@@ -1,6 +1,10 @@
 """MigrationPlan decisions (pure: no I/O, no clock; `now` is an argument): what the plan's status says
 before it starts, whether it starts, what a step of the running plan writes and which events it posts.
 
+Each status decision is a `MigrationPlanStatus` with only the fields it decides set; kube.plans dumps it
+once (`core.status.wire`) and writes the fields that differ from the stored status, as for pools. The
+stored status (`status` below) stays the wire's dict: it is what the diff compares against.
+
 kube.plans gathers the inputs, calls these, carries out the actions and writes the status once; the
 planner (core.migration_planner) chooses the moves, the executor (core.plan_executor) runs them.
 """
@@ -13,12 +17,21 @@ from datetime import datetime
 from typing import Any
 
 from virtfleet.api import reasons
-from virtfleet.api.migrationplan import MAX_LISTED, MigrationPlanSpec, PlanPhase, VMPhase
+from virtfleet.api.migrationplan import (
+    MAX_LISTED,
+    MigrationPlanSpec,
+    MigrationPlanStatus,
+    PlannedVM,
+    PlanPhase,
+    Unplaceable,
+    VMPhase,
+)
+from virtfleet.api.timestamps import stamp
 from virtfleet.core import conditions, plan_executor
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.migration_planner import Plan, limits_of
 from virtfleet.core.plan_executor import Attempt, ColdMove, Controls, Entry, World
-from virtfleet.core.status import ObjectInputs, differing, stamp
+from virtfleet.core.status import ObjectInputs
 
 Event = tuple[str, str, str]  # (type, reason, message)
 
@@ -53,12 +66,10 @@ def controls_of(spec: MigrationPlanSpec, kubevirt_parallel: int, kubevirt_outbou
 
 def invalid_spec_status(
     status: Mapping[str, Any], error: str, generation: int, now: datetime
-) -> dict[str, Any]:
+) -> MigrationPlanStatus:
     """A spec admission should have refused (an old object, or a schema change): say so, change nothing."""
     wanted = [conditions.Desired(conditions.STALLED, "True", reasons.INVALID_SPEC, error[:1000])]
-    return differing(
-        {"conditions": conditions.merge(status.get("conditions"), wanted, generation, now)}, status
-    )
+    return MigrationPlanStatus(conditions=conditions.merge(status.get("conditions"), wanted, generation, now))
 
 
 # -- before the start --------------------------------------------------------------------------------------
@@ -69,7 +80,7 @@ class BeforeStart:
     """What a plan that has not started does now: write `status` and wait (until `wake_at`, or an
     event), or start."""
 
-    status: dict[str, Any] = field(default_factory=dict)
+    status: MigrationPlanStatus = field(default_factory=MigrationPlanStatus)
     wake_at: datetime | None = None
     start: bool = False
 
@@ -80,9 +91,9 @@ def before_start(
     if spec.dry_run:
         return BeforeStart(planned_status(spec, plan, status, generation, now))
     if spec.cancel:
-        changes = planned_status(spec, plan, status, generation, now, PlanPhase.CANCELLED)
-        changes["finishedAt"] = stamp(now)
-        changes["conditions"] = final_conditions(
+        fields = _planned_fields(spec, plan, status, generation, now, PlanPhase.CANCELLED)
+        fields["finished_at"] = now
+        fields["conditions"] = final_conditions(
             status,
             generation,
             PlanPhase.CANCELLED,
@@ -90,7 +101,7 @@ def before_start(
             "cancelled before it started",
             now,
         )
-        return BeforeStart(differing(changes, status))
+        return BeforeStart(MigrationPlanStatus(**fields))
     waiting, wake_at = "", None
     if spec.not_before is not None and spec.not_before > now:
         waiting, wake_at = f"waiting for notBefore {stamp(spec.not_before)}", spec.not_before
@@ -112,43 +123,44 @@ def started_status(
     now: datetime,
     policy: str,
     cordoned: Sequence[str],
-) -> dict[str, Any]:
+) -> MigrationPlanStatus:
     """The frozen plan: status.vms from now on names each VM's source, target and method."""
-    changes = planned_status(spec, plan, status, generation, now, PlanPhase.RUNNING)
-    changes.update(startedAt=stamp(now), migrationPolicy=policy, cordonedNodes=list(cordoned))
-    return differing(changes, status)
+    fields = _planned_fields(spec, plan, status, generation, now, PlanPhase.RUNNING)
+    fields.update(started_at=now, migration_policy=policy, cordoned_nodes=list(cordoned))
+    return MigrationPlanStatus(**fields)
 
 
 def started_event(plan: Plan) -> Event:
     return "Normal", reasons.PLAN_STARTED, f"{len(plan.moves)} VMs, estimated {plan.makespan_s:.0f}s"
 
 
-def _planned_entries(plan: Plan) -> list[dict[str, Any]]:
+def _planned_entries(plan: Plan) -> list[PlannedVM]:
     return [
-        {
-            "name": move.vm.split("/", 1)[1],
-            "pool": move.pool,
-            "source": move.source,
-            "target": move.target,
-            "method": move.method,
-            "wave": move.wave,
-            "phase": VMPhase.PLANNED,
-            "estimatedStartSeconds": round(move.start_s, 1),
-            "estimatedDurationSeconds": round(move.estimate.duration_s, 1),
-            "estimatedDowntimeSeconds": round(move.estimate.downtime_s, 3),
-            # The schema's defaults, so the entry compares equal to what the API server stores.
-            "attempts": 0,
-            "migration": "",
-            "lastError": "",
-        }
+        PlannedVM(
+            name=move.vm.split("/", 1)[1],
+            pool=move.pool,
+            source=move.source,
+            target=move.target,
+            method=move.method,
+            wave=move.wave,
+            phase=VMPhase.PLANNED,
+            estimated_start_seconds=round(move.start_s, 1),
+            estimated_duration_seconds=round(move.estimate.duration_s, 1),
+            estimated_downtime_seconds=round(move.estimate.downtime_s, 3),
+            # The schema's defaults, set so they are written and the entry compares equal to what the
+            # API server stores.
+            attempts=0,
+            migration="",
+            last_error="",
+        )
         for move in plan.moves[:MAX_LISTED]
     ]
 
 
-def _unplaceable(plan: Plan) -> list[dict[str, str]]:
+def _unplaceable(plan: Plan) -> list[Unplaceable]:
     # VMs by name (namespace/name -> name); nodes a rebalance cannot fix keep their node/ prefix.
     return [
-        {"name": n if n.startswith("node/") else n.split("/", 1)[-1], "reason": r}
+        Unplaceable(name=n if n.startswith("node/") else n.split("/", 1)[-1], reason=r)
         for n, r in plan.unplaceable[:MAX_LISTED]
     ]
 
@@ -165,8 +177,22 @@ def planned_status(
     now: datetime,
     phase: PlanPhase = PlanPhase.PLANNED,
     wait_message: str = "",
+) -> MigrationPlanStatus:
+    """Status of a plan that has not started (dry run or waiting)."""
+    return MigrationPlanStatus(**_planned_fields(spec, plan, status, generation, now, phase, wait_message))
+
+
+def _planned_fields(
+    spec: MigrationPlanSpec,
+    plan: Plan,
+    status: Mapping[str, Any],
+    generation: int | None,
+    now: datetime,
+    phase: PlanPhase = PlanPhase.PLANNED,
+    wait_message: str = "",
 ) -> dict[str, Any]:
-    """Status of a plan that has not started (dry run or waiting): the fields that differ from `status`."""
+    """planned_status's fields, for the statuses that add to them (cancelled, started) before the model
+    is built: a field assigned afterwards would not be validated."""
     summary = (
         f"{len(plan.moves)} VMs in {plan.waves} start rounds, estimated {plan.makespan_s:.0f}s; "
         f"{len(plan.unplaceable)} cannot be planned"
@@ -195,23 +221,22 @@ def planned_status(
             f"{len(plan.unplaceable)} VMs cannot be planned" if plan.unplaceable else "",
         ),
     ]
-    desired: dict[str, Any] = {
+    return {
         "phase": phase,
         "total": len(plan.moves) + _unplaceable_vms(plan),
         "done": 0,
         "failed": 0,
         "progress": f"0/{len(plan.moves) + _unplaceable_vms(plan)}",
-        "estimatedMakespanSeconds": round(plan.makespan_s, 1),
-        "estimatedMaxDowntimeSeconds": round(
+        "estimated_makespan_seconds": round(plan.makespan_s, 1),
+        "estimated_max_downtime_seconds": round(
             max((m.estimate.downtime_s for m in plan.moves), default=0.0), 3
         ),
-        "estimatedRemainingSeconds": round(plan.makespan_s, 1),
+        "estimated_remaining_seconds": round(plan.makespan_s, 1),
         "vms": _planned_entries(plan),
         "unplaceable": _unplaceable(plan),
-        "observedGeneration": generation,
+        "observed_generation": generation,
+        "conditions": conditions.merge(status.get("conditions"), wanted, generation, now),
     }
-    desired["conditions"] = conditions.merge(status.get("conditions"), wanted, generation, now)
-    return differing(desired, status)
 
 
 # -- running -----------------------------------------------------------------------------------------------
@@ -300,7 +325,9 @@ def _unplaceable_count(status: Mapping[str, Any]) -> int:
     return len([u for u in status.get("unplaceable") or [] if not str(u.get("name", "")).startswith("node/")])
 
 
-def _vm_line(state: plan_executor.VMState, original: Mapping[str, Any]) -> dict[str, Any]:
+def _vm_line(state: plan_executor.VMState, original: Mapping[str, Any]) -> PlannedVM:
+    # The frozen plan's fields as stored (so a whole estimate the API hands back as 12 stays 12), then
+    # the pipeline's. Validated by alias: the keys are the wire's.
     line: dict[str, Any] = {
         key: original[key]
         for key in ("name", "pool", "source", "target", "method", "wave", "estimatedStartSeconds",
@@ -312,14 +339,15 @@ def _vm_line(state: plan_executor.VMState, original: Mapping[str, Any]) -> dict[
                 lastError=state.last_error[:1024])  # fmt: skip
     optional: dict[str, Any] = {
         "node": state.node,
-        "startedAt": stamp(state.started),
-        "finishedAt": stamp(state.finished),
+        "startedAt": state.started,
+        "finishedAt": state.finished,
         "actualDurationSeconds": round(state.duration_s, 2) if state.duration_s is not None else None,
         "actualDowntimeSeconds": round(state.downtime_s, 2) if state.downtime_s is not None else None,
-        "retryAt": stamp(state.retry_at) if state.phase == VMPhase.WAITING else None,
+        "retryAt": state.retry_at if state.phase == VMPhase.WAITING else None,
     }
+    # Unknown yet: left unset, so not written (nor removed: the whole list is replaced anyway).
     line.update({k: v for k, v in optional.items() if v not in (None, "")})
-    return line
+    return PlannedVM.model_validate(line)
 
 
 def running_status(
@@ -329,8 +357,8 @@ def running_status(
     result: plan_executor.Step,
     controls: Controls,
     now: datetime,
-) -> dict[str, Any]:
-    """Status of a running plan after a step: the fields that differ from `status`."""
+) -> MigrationPlanStatus:
+    """Status of a running plan after a step."""
     unplaceable = _unplaceable_count(status)
     originals = {str(vm.get("name")): vm for vm in status.get("vms") or []}
     total = len(result.vms) + unplaceable
@@ -341,17 +369,17 @@ def running_status(
         "total": total,
         "done": done,
         "failed": failed,
-        "inFlight": result.in_flight,
+        "in_flight": result.in_flight,
         "cancelled": result.count(VMPhase.CANCELLED),
         "skipped": result.count(VMPhase.SKIPPED),
         "progress": f"{done}/{total}",
-        "estimatedRemainingSeconds": round(plan_executor.remaining_seconds(result, controls), 1),
+        "estimated_remaining_seconds": round(plan_executor.remaining_seconds(result, controls), 1),
         "vms": [_vm_line(s, originals.get(s.entry.name, {})) for s in result.vms],
-        "observedGeneration": inputs.generation,
+        "observed_generation": inputs.generation,
     }
     terminal = result.phase in plan_executor.PLAN_TERMINAL
     if terminal and not status.get("finishedAt"):
-        desired["finishedAt"] = stamp(now)
+        desired["finished_at"] = now
     if terminal:
         final = result.phase
         if final == PlanPhase.SUCCEEDED and failed:
@@ -382,7 +410,7 @@ def running_status(
             _degraded(failed, unplaceable),
         ]
         desired["conditions"] = conditions.merge(status.get("conditions"), wanted, inputs.generation, now)
-    return differing(desired, status)
+    return MigrationPlanStatus(**desired)
 
 
 def _degraded(failed: int, unplaceable: int) -> conditions.Desired:

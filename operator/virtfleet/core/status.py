@@ -1,12 +1,14 @@
-"""What every kind's reconcile shares: the object it is about, the one diff that makes a merge patch of
-its status, and the timestamps status and records carry (RFC 3339, UTC, with 'Z')."""
+"""What every kind's reconcile shares: the object it is about, the one dump of a typed status to the wire,
+and the one diff that makes a merge patch of it. The timestamps status carries are
+`virtfleet.api.timestamps`' (two precisions, both RFC 3339 UTC with 'Z')."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from virtfleet.api.base import BaseStatus
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,7 @@ def differing(desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[st
     return {k: v for k, v in desired.items() if current.get(k) != v}
 
 
-def stamp(at: datetime | None) -> str | None:
-    """A timestamp to the millisecond: a plan's times, which its durations are computed from."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z" if at else None
-
-
-def stamp_seconds(at: datetime) -> str:
-    """A timestamp to the second, as Kubernetes writes metav1.Time: conditions' lastTransitionTime."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def wire(status: BaseStatus) -> dict[str, Any]:
+    """A typed status as the API stores it: camelCase, only the fields the decision set (a field it left
+    alone is not written, one it set to None is removed), timestamps and numbers in their wire formats."""
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)

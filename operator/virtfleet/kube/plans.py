@@ -24,7 +24,8 @@ from virtfleet.api.labels import (
     HOSTNAME_LABEL,
     PLAN_LABEL,
 )
-from virtfleet.api.migrationplan import ColdStage, MigrationPlanSpec
+from virtfleet.api.migrationplan import ColdStage, MigrationPlanSpec, MigrationPlanStatus
+from virtfleet.api.timestamps import stamp
 from virtfleet.core import plan_executor, plans
 from virtfleet.core import plan_objects as objects
 from virtfleet.core.migration_planner import Plan, build_plan
@@ -38,7 +39,7 @@ from virtfleet.core.plan_executor import (
     World,
 )
 from virtfleet.core.plans import Event, PlanInputs
-from virtfleet.core.status import differing, stamp
+from virtfleet.core.status import differing, wire
 from virtfleet.kube.client import (
     MIGRATION_PLANS,
     MIGRATION_POLICIES,
@@ -77,11 +78,12 @@ async def reconcile_plan(runtime: Runtime, inputs: PlanInputs) -> PlanOutcome:
     try:
         spec = MigrationPlanSpec.model_validate(dict(inputs.spec))
     except ValidationError as error:
-        changes = plans.invalid_spec_status(status, str(error), inputs.generation, now)
-        await _write_status(runtime, inputs, status, changes, outcome)
+        desired = plans.invalid_spec_status(status, str(error), inputs.generation, now)
+        await _write_status(runtime, inputs, status, _patch(desired, status), outcome)
         return outcome
     if status.get("phase") in plan_executor.PLAN_TERMINAL:
-        await _write_status(runtime, inputs, status, {"observedGeneration": inputs.generation}, outcome)
+        desired = MigrationPlanStatus(observed_generation=inputs.generation)
+        await _write_status(runtime, inputs, status, _patch(desired, status), outcome)
         return outcome
     if not status.get("startedAt"):
         plan = build_plan(
@@ -90,7 +92,7 @@ async def reconcile_plan(runtime: Runtime, inputs: PlanInputs) -> PlanOutcome:
         decision = plans.before_start(spec, plan, status, inputs.generation, now)
         outcome.wake_at = decision.wake_at
         if not decision.start:
-            await _write_status(runtime, inputs, status, decision.status, outcome)
+            await _write_status(runtime, inputs, status, _patch(decision.status, status), outcome)
             return outcome
         await _start(runtime, inputs, spec, plan, status, now, outcome)
         status = outcome.status  # the frozen plan: its first step runs at once
@@ -114,9 +116,9 @@ async def _start(
     if live:
         policy = await _ensure_policy(runtime.kube, spec, inputs)
         await label_plan_vmis(runtime.kube, inputs, live)
-    changes = plans.started_status(spec, plan, status, inputs.generation, now, policy, cordoned)
+    desired = plans.started_status(spec, plan, status, inputs.generation, now, policy, cordoned)
     outcome.events.append(plans.started_event(plan))
-    await _write_status(runtime, inputs, status, changes, outcome)
+    await _write_status(runtime, inputs, status, _patch(desired, status), outcome)
 
 
 def _world(runtime: Runtime, inputs: PlanInputs, now: datetime) -> World:
@@ -146,7 +148,7 @@ async def _run(
     result = plan_executor.step(inputs.name, plans.entries_of(status), _world(runtime, inputs, now), controls)
     hostnames = {n.name: n.labels.get(HOSTNAME_LABEL, n.name) for n in inputs.nodes}
     await _act(runtime, inputs, status, result, hostnames, now, outcome)
-    changes = plans.running_status(spec, inputs, status, result, controls, now)
+    changes = _patch(plans.running_status(spec, inputs, status, result, controls, now), status)
     outcome.wake_at = result.wake_at
     outcome.status = dict(status)
     # Status follows the plan at most once a second while only per-VM lines and counts move; a phase
@@ -166,6 +168,12 @@ async def _run(
         runtime.plan_status_written[inputs.uid] = runtime.clock()
 
 
+def _patch(desired: MigrationPlanStatus, status: Mapping[str, Any]) -> dict[str, Any]:
+    """The one place a plan's typed status becomes the wire's (one dump), and the fields of it that differ
+    from the stored status (one diff): the merge patch, empty when nothing changed."""
+    return differing(wire(desired), status)
+
+
 async def _write_status(
     runtime: Runtime,
     inputs: PlanInputs,
@@ -173,7 +181,7 @@ async def _write_status(
     changes: Mapping[str, Any],
     outcome: PlanOutcome,
 ) -> None:
-    changes = differing(changes, status)
+    """Write `changes`, a patch from `_patch`, and remember the status it makes."""
     outcome.status = {**status, **changes}
     if not changes:
         return

@@ -12,7 +12,7 @@ from typing import Any
 from virtfleet.api import reasons
 from virtfleet.core.pools import Defaults, Member, PoolInputs, PoolPlan, Rendering, decide
 from virtfleet.core.render import render_vm, vm_name
-from virtfleet.core.status import differing
+from virtfleet.core.status import differing, wire
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException, Conflict, NotFound
 from virtfleet.kube.runtime import EXPECTATION_TTL, PoolKey, Runtime
 
@@ -43,7 +43,7 @@ async def reconcile_pool(runtime: Runtime, inputs: PoolInputs) -> PoolOutcome:
     )
     decision = decide(inputs, list(expectations.creates), list(expectations.deletes), defaults, runtime.now())
     # The one place the typed status becomes the wire's camelCase, and only the fields it sets.
-    status = decision.status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    status = wire(decision.status)
     outcome = PoolOutcome(
         wake_at=decision.wake_at, rollout_done_template=decision.rollout_done_template, status=status
     )
