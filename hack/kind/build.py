@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CACHE, HERE, REPO, StepFailedError, digest, ensure_packages, log, output, run
+from common import CACHE, HERE, REPO, StepFailedError, command_line, digest, ensure_packages, log, output, run
 
 KUBERNETES_VERSION = "v1.34.4"
 KIND_VERSION = "v0.30.0"
@@ -669,27 +669,24 @@ def all_images() -> tuple[str, str]:
     return node, operator_image(debian)
 
 
-def main(argv: list[str]) -> int:
-    what = argv[1] if len(argv) > 1 else "all"
-    try:
-        if what == "binaries":
-            print(binaries())
-        elif what == "capfilter":
-            print(capfilter())
-        elif what in ("images", "node", "all"):
-            node, operator = all_images()
-            print(operator)
-            print(node)
-        elif what == "operator":
-            print(operator_image(debian_image()))
-        else:
-            print(__doc__, file=sys.stderr)
-            return 2
-    except StepFailedError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    return 0
+def _print_images() -> str:
+    node, operator = all_images()
+    return f"{operator}\n{node}"
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(
+        command_line(
+            __doc__,
+            sys.argv,
+            {
+                "binaries": binaries,
+                "capfilter": capfilter,
+                "images": _print_images,
+                "node": _print_images,
+                "all": _print_images,
+                "operator": lambda: operator_image(debian_image()),
+            },
+            default="all",
+        )
+    )

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import build
 import engine
-from common import CACHE, REPO, StepFailedError, env, log, output, run
+from common import CACHE, REPO, StepFailedError, command_line, env, log, output, run
 
 NAME = os.environ.get("VIRTFLEET_KIND_NAME", "virtfleet")
 STATE = CACHE / "kind"
@@ -248,22 +248,9 @@ def down() -> None:
     engine.down()
 
 
-def main(argv: list[str]) -> int:
-    try:
-        if argv[1:] == ["up"]:
-            up()
-        elif argv[1:] == ["down"]:
-            down()
-        elif argv[1:] == ["kubeconfig"]:
-            print(KUBECONFIG)
-        else:
-            print(__doc__, file=sys.stderr)
-            return 2
-    except StepFailedError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(
+        command_line(
+            __doc__, sys.argv, {"up": up, "down": down, "kubeconfig": lambda: KUBECONFIG}, default=""
+        )
+    )

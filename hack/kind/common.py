@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -115,3 +115,22 @@ def ensure_packages(component: str, needed: Mapping[str, str]) -> None:
         logfile=logfile,
         extra_env={"DEBIAN_FRONTEND": "noninteractive"},
     )
+
+
+def command_line(
+    doc: str | None, argv: list[str], commands: Mapping[str, Callable[[], object]], default: str
+) -> int:
+    """Run the named command (printing what it returns, if anything); usage on an unknown name; a failed
+    step as one ERROR line naming it."""
+    name = argv[1] if len(argv) > 1 else default
+    if name not in commands or len(argv) > 2:
+        print(doc, file=sys.stderr)
+        return 2
+    try:
+        result = commands[name]()
+    except StepFailedError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(result)
+    return 0

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib
 
-from common import CACHE, StepFailedError, ensure_packages, env, log, output
+from common import CACHE, StepFailedError, command_line, ensure_packages, env, log, output
 
 STATE = CACHE / "engine"
 PIDFILE = STATE / "dockerd.pid"
@@ -131,20 +131,5 @@ def down() -> None:
     log("engine", f"stopped dockerd (pid {pid})")
 
 
-def main(argv: list[str]) -> int:
-    try:
-        if argv[1:] == ["up"]:
-            up()
-        elif argv[1:] == ["down"]:
-            down()
-        else:
-            print(__doc__, file=sys.stderr)
-            return 2
-    except StepFailedError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(command_line(__doc__, sys.argv, {"up": up, "down": down}, default=""))
