@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import engine
 from common import CACHE, HERE, REPO, StepFailedError, command_line, digest, ensure_packages, log, output, run
 
 KUBERNETES_VERSION = "v1.34.4"
@@ -82,13 +83,17 @@ def go_modcache() -> Path:
     return Path(output(["go", "env", "GOMODCACHE"]).strip())
 
 
+def module_dir(module: str, version: str) -> Path:
+    """A module's source at a version in the module cache, from the Go module proxy (checksum-verified)."""
+    info = json.loads(output(["go", "mod", "download", "-json", f"{module}@{version}"], cwd=HERE))
+    if "Error" in info:
+        raise StepFailedError(f"go mod download {module}@{version}: {info['Error']}")
+    return Path(info["Dir"])
+
+
 def kind_module_dir() -> Path:
     """kind's source at the pinned version: its base image files and node-image manifests are used as they are."""
-    return Path(
-        output(["go", "mod", "download", "-json", f"sigs.k8s.io/kind@{KIND_VERSION}"], cwd=HERE)
-        .split('"Dir": "')[1]
-        .split('"')[0]
-    )
+    return module_dir("sigs.k8s.io/kind", KIND_VERSION)
 
 
 # -- binaries ------------------------------------------------------------------------------------------
@@ -216,34 +221,21 @@ def binaries() -> Path:
 
 
 def module_source(module: str, version: str, into: Path, logfile: Path) -> Path:
-    """A writable copy of a module's source at a version, from the Go module proxy (checksum-verified)."""
-    info = json.loads(output(["go", "mod", "download", "-json", f"{module}@{version}"], cwd=HERE))
-    if "Error" in info:
-        raise StepFailedError(f"binaries: go mod download {module}@{version}: {info['Error']}")
-    shutil.copytree(info["Dir"], into, symlinks=True)
+    """A writable copy of a module's source at a version, to build it with its own go.mod."""
+    cached = module_dir(module, version)
+    shutil.copytree(cached, into, symlinks=True)
     for path in [into, *into.rglob("*")]:
         if not path.is_symlink():
             path.chmod(path.stat().st_mode | 0o200)
     with logfile.open("a") as out:
-        out.write(f"\n# {module}@{version} from {info['Dir']}\n")
+        out.write(f"\n# {module}@{version} from {cached}\n")
     return into
 
 
 def capfilter() -> Path:
-    """Just the runtime wrapper, for the engine (built alone: the engine may be needed first)."""
-    key = digest([HERE / "cmd" / "capfilter", HERE / "go.mod"], output(["go", "version"]))
-    path = CACHE / f"capfilter-{key}" / "capfilter"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        run(
-            "capfilter",
-            "go build capfilter",
-            ["go", "build", "-trimpath", "-o", str(path), "./cmd/capfilter"],
-            cwd=HERE,
-            logfile=CACHE / "logs" / "capfilter.log",
-            extra_env={"CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"},
-        )
-    return path
+    """Just the runtime wrapper (with netagent, its group), for the engine, which may be needed first."""
+    key, build = _groups()["virtfleet"]
+    return _cached_group("virtfleet", key, build) / "capfilter"
 
 
 # -- images --------------------------------------------------------------------------------------------
@@ -271,9 +263,7 @@ def debian_image() -> str:
     if image_exists(tag):
         return tag
     logfile = CACHE / "logs" / "debian-rootfs.log"
-    from common import require_command
-
-    require_command("debootstrap", "debootstrap")
+    ensure_packages("images", {"/usr/sbin/debootstrap": "debootstrap"})
     with tempfile.TemporaryDirectory(prefix="virtfleet-rootfs-") as tmp:
         root = Path(tmp) / "root"
         log("images", f"debootstrap {DEBIAN_SUITE} from {DEBIAN_MIRROR} (log: {logfile})")
@@ -428,35 +418,37 @@ def _save(tags: list[str], out: Path, logfile: Path) -> Path:
 def _static_image(
     tag: str, binary: Path, target: str, entrypoint: str | None, out: Path, logfile: Path
 ) -> Path:
-    if not image_exists(tag) or not (out / _archive_name(tag)).exists():
-        with tempfile.TemporaryDirectory(prefix="virtfleet-img-") as tmp:
-            context = Path(tmp)
-            _stage(context, {binary.name: binary})
-            lines = [
-                "FROM scratch",
-                f"COPY {binary.name} {target}",
-                "ENV PATH=/usr/local/bin:/usr/bin:/bin",
-            ]
-            if entrypoint:
-                lines.append(f'ENTRYPOINT ["{entrypoint}"]')
-            (context / "Dockerfile").write_text("\n".join(lines) + "\n")
-            log("images", f"building {tag}")
-            docker_build(f"image {tag}", tag, context, context / "Dockerfile", {}, logfile)
-    return _save([tag], out, logfile)
+    lines = ["FROM scratch", f"COPY {binary.name} {target}", "ENV PATH=/usr/local/bin:/usr/bin:/bin"]
+    if entrypoint:
+        lines.append(f'ENTRYPOINT ["{entrypoint}"]')
+    return _image([tag], "\n".join(lines) + "\n", {binary.name: binary}, {}, out, logfile)
 
 
 def _dockerfile_image(
     tags: list[str], name: str, files: dict[str, Path], args: dict[str, str], out: Path, logfile: Path
 ) -> Path:
+    return _image(tags, HERE / "images" / name / "Dockerfile", files, args, out, logfile)
+
+
+def _image(
+    tags: list[str],
+    dockerfile: Path | str,
+    files: dict[str, Path],
+    args: dict[str, str],
+    out: Path,
+    logfile: Path,
+) -> Path:
+    """Build (unless built) and `docker save` an image; dockerfile is a file or the Dockerfile's text."""
     if not all(image_exists(t) for t in tags) or not (out / _archive_name(tags[0])).exists():
         with tempfile.TemporaryDirectory(prefix="virtfleet-img-") as tmp:
             context = Path(tmp)
             _stage(context, files)
+            if isinstance(dockerfile, str):
+                (context / "Dockerfile").write_text(dockerfile)
+                dockerfile = context / "Dockerfile"
             log("images", f"building {', '.join(tags)}")
             first, *more = tags
-            docker_build(
-                f"image {first}", first, context, HERE / "images" / name / "Dockerfile", args, logfile
-            )
+            docker_build(f"image {first}", first, context, dockerfile, args, logfile)
             for t in more:
                 run("images", f"docker tag {t}", ["docker", "tag", first, t], logfile=logfile)
     return _save(tags, out, logfile)
@@ -658,7 +650,9 @@ def operator_image(debian: str) -> str:
     return tag
 
 
-def all_images() -> tuple[str, str]:
+def all_images() -> tuple[Path, str, str]:
+    """The binaries' folder, the node image and the operator image (starting the engine if needed)."""
+    engine.up()
     bin_dir = binaries()
     debian = debian_image()
     base = base_image(bin_dir, debian)
@@ -666,11 +660,16 @@ def all_images() -> tuple[str, str]:
         bin_dir, debian, CACHE / f"kind-images-{bin_dir.name.removeprefix('kind-bin-')}"
     )
     node = node_image(bin_dir, base, archives, debian)
-    return node, operator_image(debian)
+    return bin_dir, node, operator_image(debian)
+
+
+def _operator_only() -> str:
+    engine.up()
+    return operator_image(debian_image())
 
 
 def _print_images() -> str:
-    node, operator = all_images()
+    _, node, operator = all_images()
     return f"{operator}\n{node}"
 
 
@@ -685,7 +684,7 @@ if __name__ == "__main__":
                 "images": _print_images,
                 "node": _print_images,
                 "all": _print_images,
-                "operator": lambda: operator_image(debian_image()),
+                "operator": _operator_only,
             },
             default="all",
         )

@@ -105,10 +105,9 @@ def healthy(kind: Path, bin_dir: Path) -> bool:
 
 def up() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
-    engine.up()
     bin_dir = controlplane_bin()
-    node, operator = build.all_images()
-    kind = kind_bin()
+    built, node, operator = build.all_images()
+    kind = built / "kind"
     started = time.monotonic()
     if cluster_exists(kind) and not healthy(kind, bin_dir):
         log("cluster", f"kind cluster {NAME} exists but does not run: deleting it")

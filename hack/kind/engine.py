@@ -75,18 +75,19 @@ def daemon_config(capfilter: Path | None) -> Path:
     return path
 
 
-def up(capfilter: Path | None = None) -> None:
+def up() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     if answers():
         log("engine", f"a Docker engine answers on {SOCKET}: using it")
         return
     ensure_installed()
     check_kernel()
-    if capfilter is None and not bounding_set_is_full():
-        import build
+    if bounding_set_is_full():
+        config = daemon_config(None)
+    else:
+        import build  # builds capfilter: only machines with a short bounding set need it
 
-        capfilter = build.capfilter()
-    config = daemon_config(capfilter if not bounding_set_is_full() else None)
+        config = daemon_config(build.capfilter())
     log("engine", f"starting dockerd (log: {LOG})")
     with LOG.open("ab") as out:
         proc = subprocess.Popen(

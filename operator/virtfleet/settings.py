@@ -34,7 +34,7 @@ class Settings:
     standalone: bool = True
     peering_name: str = "virtfleet"
     # kopf runs the peer of highest priority and pauses the others; equal priorities pause everyone.
-    # None: derived from the start time (peering_priority_at), so the replica that started first leads
+    # None: derived from the start time (priority_at), so the replica that started first leads
     # and a replacement pod waits as the standby instead of taking over.
     peering_priority: int | None = None
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
