@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 # Builds the pinned control plane once per machine (cached in ~/.cache/virtfleet) and names its bin dir.
 WITH_CONTROLPLANE = bin_dir=$$(bash hack/controlplane/build.sh) && VIRTFLEET_BIN_DIR=$$bin_dir
 PYTEST_FLAGS ?=
+BENCH_FLAGS ?=
 
-.PHONY: kind-images kind-up kind-e2e kind-down test-local
+.PHONY: kind-images kind-up kind-e2e kind-down test-local kubevirt-images kubevirt-up kubevirt-e2e kubevirt-demo bench-kubevirt
 .PHONY: help venv controlplane kstatus chart crds lint format typecheck contracts test-unit test-integration test-reliability e2e test demo demo-stop bench bench-twin bench-pools bench-operator bench-planner bench-report clean
 
 help: ## list the targets
@@ -56,7 +57,7 @@ test-unit: venv ## pure unit tests
 test-integration: venv ## tests against the real local control plane
 	$(WITH_CONTROLPLANE) $(BIN)/pytest tests/integration $(PYTEST_FLAGS)
 
-test: test-local kind-e2e ## everything: lint, types, contracts, stale CRDs, unit, integration, e2e locally and on kind
+test: test-local kind-e2e kubevirt-e2e ## everything: lint, types, contracts, unit, integration, e2e locally, on kind, on real KubeVirt
 
 test-local: venv ## everything that needs no container engine: lint, types, contracts, unit, integration, local e2e
 	$(BIN)/ruff check .
@@ -78,6 +79,27 @@ kind-e2e: venv kind-up ## the e2e suite against the kind cluster, operator in-cl
 	  KUBECONFIG=$$($(PYTHON) hack/kind/cluster.py kubeconfig) \
 	  VIRTFLEET_USE_EXISTING_CLUSTER=1 VIRTFLEET_E2E_IN_CLUSTER=1 VIRTFLEET_E2E_OPERATOR=external \
 	  $(BIN)/pytest e2e/kind $(PYTEST_FLAGS)
+
+# Real KubeVirt on the kind cluster (docs/kubevirt.md): built from its Go module, installed by virt-operator.
+kubevirt-images: ## build (or reuse) KubeVirt v1.7.0's binaries and images, and the e2e guest image
+	$(PYTHON) hack/kubevirt/kubevirt_build.py all
+
+kubevirt-up: ## the kind cluster with real KubeVirt (KVM or emulation, as probed) and the operator
+	$(PYTHON) hack/kubevirt/install.py up
+
+kubevirt-e2e: venv kubevirt-up ## the e2e suite on real KubeVirt: real guests, hot-plug, live drains
+	$(WITH_CONTROLPLANE) && PATH=$$bin_dir:$$PATH VIRTFLEET_HELM=$$bin_dir/helm \
+	  KUBECONFIG=$$($(PYTHON) hack/kind/cluster.py kubeconfig) \
+	  VIRTFLEET_E2E_GUEST_IMAGE=$$($(PYTHON) hack/kubevirt/kubevirt_build.py guest) \
+	  VIRTFLEET_USE_EXISTING_CLUSTER=1 VIRTFLEET_E2E_IN_CLUSTER=1 VIRTFLEET_E2E_KUBEVIRT=1 \
+	  VIRTFLEET_E2E_OPERATOR=external $(BIN)/pytest e2e/kubevirt $(PYTEST_FLAGS)
+
+bench-kubevirt: venv kubevirt-up ## real KubeVirt: create -> Running pool vs direct, KubeVirt's pool vs ours, dirty-rate migrations
+	$(WITH_CONTROLPLANE) && PATH=$$bin_dir:$$PATH KUBECONFIG=$$($(PYTHON) hack/kind/cluster.py kubeconfig) \
+	  VIRTFLEET_E2E_GUEST_IMAGE=$$($(PYTHON) hack/kubevirt/kubevirt_build.py guest) $(BIN)/python bench/kubevirt.py $(BENCH_FLAGS)
+
+kubevirt-demo: ## everything for real with Docker: kind, KubeVirt, the operator, the examples' VMs booted
+	$(PYTHON) hack/kubevirt/install.py demo
 
 kind-down: ## delete the kind cluster; stop the Docker engine if kind-up started it
 	$(PYTHON) hack/kind/cluster.py down

@@ -12,8 +12,11 @@ from virtfleet.localcluster.testing import SessionCluster, running_operator, twi
 
 REPO = Path(__file__).resolve().parents[1]
 
-# e2e/kind needs a cluster where the operator runs in-cluster, installed by its chart (`make kind-e2e`).
+# e2e/kind needs a cluster where the operator runs in-cluster, installed by its chart (`make kind-e2e`);
+# e2e/kubevirt one that runs real KubeVirt besides (`make kubevirt-e2e`).
 collect_ignore = [] if os.environ.get("VIRTFLEET_E2E_IN_CLUSTER") == "1" else ["kind"]
+if os.environ.get("VIRTFLEET_E2E_KUBEVIRT") != "1":
+    collect_ignore.append("kubevirt")
 
 
 @pytest.fixture(scope="session")

@@ -156,8 +156,10 @@ def test_a_live_scrape_passes_promtool_and_has_every_family(
         "virtfleet_node_cpu_cores", "virtfleet_node_effective_cpu_ratio", "virtfleet_node_effective_memory_ratio",
         "virtfleet_template_revisions", "virtfleet_migration_plan_vms", "virtfleet_migration_plan_makespan_seconds",
         "virtfleet_migration_duration_seconds", "virtfleet_migration_downtime_seconds", "virtfleet_reconcile_total",
-        "virtfleet_reconcile_duration_seconds", "virtfleet_kubernetes_api_requests_total",
+        "virtfleet_reconcile_duration_seconds", "virtfleet_kubernetes_api_requests_total", "virtfleet_kubevirt_info",
     }, sorted(families)  # fmt: skip
+    if test_cluster.local is not None:  # v1.9.0 CRDs, and no KubeVirt CR for the twin
+        assert 'virtfleet_kubevirt_info{max_downtime_ms="true",version=""} 1.0' in text
     assert (
         'virtfleet_template_revisions{namespace="default",state="in_use",template="fedora-small"} 1.0' in text
     )

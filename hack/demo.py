@@ -75,7 +75,7 @@ def up() -> None:
     cluster_pid = _spawn(
         "localcluster",
         [PYTHON, "-m", "virtfleet", "localcluster", "--state-dir", str(STATE / "cluster"),
-         "--apply", str(REPO / "crds"), "--apply", str(REPO / "e2e" / "kubevirt-crds"),
+         "--apply", str(REPO / "crds"), "--apply", str(REPO / "e2e" / "kubevirt-crds" / "v1.9.0"),
          "--ready-file", str(ready_file)],
     )  # fmt: skip
     _wait("the control plane", ready_file.exists, cluster_pid, "localcluster.log")

@@ -13,7 +13,6 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from kind_helpers import (
     answers,
     prometheus_config,
     scrape_targets,
+    scratch_namespace,
     service_monitor,
     wait_for,
 )
@@ -52,11 +52,8 @@ def operator(test_cluster: SessionCluster) -> Operator:
 
 @pytest.fixture
 def namespace(test_cluster: SessionCluster) -> Iterator[str]:
-    """A namespace of the test's own, deleted afterwards (with everything the operator made in it)."""
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    test_cluster.kubectl("create", "namespace", name)
-    yield name
-    test_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with scratch_namespace(test_cluster, "e2e") as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

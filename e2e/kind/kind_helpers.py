@@ -11,7 +11,9 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,6 +72,20 @@ class Operator:
         out = self.helm("get", "values", self.release, "-n", self.namespace, "-o", "json").stdout
         values: dict[str, Any] = json.loads(out) or {}
         return values
+
+
+@contextmanager
+def scratch_namespace(cluster: SessionCluster, prefix: str, wait: bool = False) -> Iterator[str]:
+    """A namespace of one test's own, deleted afterwards with everything the operator made in it; `wait`
+    holds the next test back until its VMs are gone (on real KubeVirt they hold node capacity)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl(
+            "delete", "namespace", name, "--timeout=300s" if wait else "--wait=false", check=False
+        )
 
 
 def record(results: Path, **figures: Any) -> None:

@@ -99,7 +99,7 @@ def kind_module_dir() -> Path:
 # -- binaries ------------------------------------------------------------------------------------------
 
 
-def _cached_group(name: str, key: str, build: Callable[[Path, Path], None]) -> Path:
+def cached_group(name: str, key: str, build: Callable[[Path, Path], None]) -> Path:
     """One group of binaries, built into ~/.cache/virtfleet/kind-bin/<name>-<key>/ once."""
     done = CACHE / "kind-bin" / f"{name}-{key}"
     if (done / ".complete").exists():
@@ -204,7 +204,7 @@ def binaries() -> Path:
     if (merged / ".complete").exists():
         log("binaries", f"reusing {merged}")
         return merged
-    built = {name: _cached_group(name, group_key, build) for name, (group_key, build) in groups.items()}
+    built = {name: cached_group(name, group_key, build) for name, (group_key, build) in groups.items()}
     partial = Path(f"{merged}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "cni").mkdir(parents=True)
@@ -235,7 +235,7 @@ def module_source(module: str, version: str, into: Path, logfile: Path) -> Path:
 def capfilter() -> Path:
     """Just the runtime wrapper (with netagent, its group), for the engine, which may be needed first."""
     key, build = _groups()["virtfleet"]
-    return _cached_group("virtfleet", key, build) / "capfilter"
+    return cached_group("virtfleet", key, build) / "capfilter"
 
 
 # -- images --------------------------------------------------------------------------------------------
@@ -256,28 +256,28 @@ def docker_build(
     run("images", step, [*argv, str(context)], logfile=logfile)
 
 
-def debian_image() -> str:
+def debian_image(suite: str = DEBIAN_SUITE) -> str:
     """A Debian root filesystem from Debian's packages (debootstrap), imported as a base image."""
     script = "debootstrap --variant=minbase"
-    tag = f"{IMAGE_PREFIX}/debian:{DEBIAN_SUITE}-{digest([], script, DEBIAN_SUITE, DEBIAN_MIRROR)[:10]}"
+    tag = f"{IMAGE_PREFIX}/debian:{suite}-{digest([], script, suite, DEBIAN_MIRROR)[:10]}"
     if image_exists(tag):
         return tag
-    logfile = CACHE / "logs" / "debian-rootfs.log"
+    logfile = CACHE / "logs" / f"debian-rootfs-{suite}.log"
     ensure_packages("images", {"/usr/sbin/debootstrap": "debootstrap"})
     with tempfile.TemporaryDirectory(prefix="virtfleet-rootfs-") as tmp:
         root = Path(tmp) / "root"
-        log("images", f"debootstrap {DEBIAN_SUITE} from {DEBIAN_MIRROR} (log: {logfile})")
+        log("images", f"debootstrap {suite} from {DEBIAN_MIRROR} (log: {logfile})")
         run(
             "images",
             "debootstrap",
-            ["debootstrap", "--variant=minbase", DEBIAN_SUITE, str(root), DEBIAN_MIRROR],
+            ["debootstrap", "--variant=minbase", suite, str(root), DEBIAN_MIRROR],
             logfile=logfile,
         )
         # Same apt sources inside as the suite we bootstrapped, with its security updates.
         (root / "etc/apt/sources.list").write_text(
-            f"deb {DEBIAN_MIRROR} {DEBIAN_SUITE} main\n"
-            f"deb {DEBIAN_MIRROR} {DEBIAN_SUITE}-updates main\n"
-            f"deb {DEBIAN_MIRROR.replace('/debian', '/debian-security')} {DEBIAN_SUITE}-security main\n"
+            f"deb {DEBIAN_MIRROR} {suite} main\n"
+            f"deb {DEBIAN_MIRROR} {suite}-updates main\n"
+            f"deb {DEBIAN_MIRROR.replace('/debian', '/debian-security')} {suite}-security main\n"
         )
         run(
             "images",
@@ -292,7 +292,7 @@ def debian_image() -> str:
     return tag
 
 
-def _stage(context: Path, files: dict[str, Path], modes: int = 0o755) -> None:
+def stage(context: Path, files: dict[str, Path], modes: int = 0o755) -> None:
     for name, src in files.items():
         dst = context / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -321,15 +321,21 @@ def base_image(bin_dir: Path, debian: str) -> str:
             "    SystemdCgroup = true\n",
             '    SystemdCgroup = true\n    BinaryName = "/usr/local/bin/capfilter"\n',
         )
+        # Devices a pod gets (KubeVirt's /dev/net/tun and /dev/kvm) owned by the pod's user, as non-root
+        # KubeVirt needs: this machine's device nodes are 0600 root, and QEMU runs as uid 107.
+        cri = '[plugins."io.containerd.grpc.v1.cri"]\n'
+        if cri not in text:
+            raise StepFailedError(f"{config}: no {cri.strip()} section (has kind's base image changed?)")
+        text = text.replace(cri, cri + "  device_ownership_from_security_context = true\n")
         config.write_text(text)
-        _stage(
+        stage(
             context,
             {
                 f"bin/{n}": bin_dir / n
                 for n in ("containerd", "ctr", "containerd-shim-runc-v2", "crictl", "capfilter", "runc")
             },
         )
-        _stage(context, {f"cni/{p.name}": p for p in (bin_dir / "cni").iterdir()})
+        stage(context, {f"cni/{p.name}": p for p in (bin_dir / "cni").iterdir()})
         log("images", f"building {tag} (log: {logfile})")
         docker_build("kind base image", tag, context, dockerfile, {"DEBIAN_IMAGE": debian}, logfile)
     return tag
@@ -402,7 +408,7 @@ def _archive_name(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag) + ".tar"
 
 
-def _save(tags: list[str], out: Path, logfile: Path) -> Path:
+def save(tags: list[str], out: Path, logfile: Path) -> Path:
     archive = out / _archive_name(tags[0])
     if not archive.exists():
         run(
@@ -442,7 +448,7 @@ def _image(
     if not all(image_exists(t) for t in tags) or not (out / _archive_name(tags[0])).exists():
         with tempfile.TemporaryDirectory(prefix="virtfleet-img-") as tmp:
             context = Path(tmp)
-            _stage(context, files)
+            stage(context, files)
             if isinstance(dockerfile, str):
                 (context / "Dockerfile").write_text(dockerfile)
                 dockerfile = context / "Dockerfile"
@@ -451,7 +457,7 @@ def _image(
             docker_build(f"image {first}", first, context, dockerfile, args, logfile)
             for t in more:
                 run("images", f"docker tag {t}", ["docker", "tag", first, t], logfile=logfile)
-    return _save(tags, out, logfile)
+    return save(tags, out, logfile)
 
 
 # -- node image (kind's pkg/build/nodeimage steps, with every image built here) --------------------------
@@ -600,6 +606,21 @@ def node_image(bin_dir: Path, base: str, archives: list[Path], debian: str) -> s
                 logfile=logfile,
                 stdin=archive.read_bytes(),
             )
+        # A repo@sha256:<manifest> name beside each tag, as a registry pull leaves: the kubelet then reports
+        # that digest as the container's imageID. KubeVirt's live-migration target pod asks for its
+        # containerDisk as <repo>@<the source pod's imageID>; without the digest name the imageID is the
+        # config digest, which no name resolves, and every migration hangs in ImagePullBackOff.
+        run(
+            "node",
+            "name images by digest",
+            [
+                "docker", "exec", name, "bash", "-c",
+                "ctr -n k8s.io images ls | awk 'NR > 1 && $1 !~ /@|^sha256:|^import-/ {print $1, $3}' |"
+                " while read -r ref digest; do ctr -n k8s.io images tag \"$ref\" \"${ref%:*}@$digest\" >/dev/null;"
+                " done",
+            ],
+            logfile=logfile,
+        )  # fmt: skip
         imported = set(
             output(["docker", "exec", name, "ctr", "--namespace=k8s.io", "images", "list", "-q"]).split()
         )
@@ -636,7 +657,7 @@ def operator_image(debian: str) -> str:
     if not image_exists(python):
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "ca").mkdir()
-            _stage(Path(tmp), {f"ca/{c.name}": c for c in extra_ca}, 0o644)
+            stage(Path(tmp), {f"ca/{c.name}": c for c in extra_ca}, 0o644)
             docker_build(
                 "python base image", python, Path(tmp), dockerfile, {"DEBIAN_IMAGE": debian}, logfile
             )
@@ -650,8 +671,9 @@ def operator_image(debian: str) -> str:
     return tag
 
 
-def all_images() -> tuple[Path, str, str]:
-    """The binaries' folder, the node image and the operator image (starting the engine if needed)."""
+def all_images(preload: list[Path] | None = None) -> tuple[Path, str, str]:
+    """The binaries' folder, the node image and the operator image (starting the engine if needed);
+    preload: more `docker save` archives for the nodes' containerd (KubeVirt's images)."""
     engine.up()
     bin_dir = binaries()
     debian = debian_image()
@@ -659,7 +681,7 @@ def all_images() -> tuple[Path, str, str]:
     archives = component_images(
         bin_dir, debian, CACHE / f"kind-images-{bin_dir.name.removeprefix('kind-bin-')}"
     )
-    node = node_image(bin_dir, base, archives, debian)
+    node = node_image(bin_dir, base, [*archives, *(preload or [])], debian)
     return bin_dir, node, operator_image(debian)
 
 

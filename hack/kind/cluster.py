@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kubevirt"))
 
 import build
 import engine
+import kubevirt_build
 from common import CACHE, REPO, StepFailedError, command_line, env, log, output, run
 
 NAME = os.environ.get("VIRTFLEET_KIND_NAME", "virtfleet")
@@ -27,7 +29,7 @@ STATE = CACHE / "kind"
 KUBECONFIG = STATE / "kubeconfig"
 OPERATOR_NAMESPACE = "virtfleet-system"
 RELEASE = "virtfleet"
-KUBEVIRT_CRDS = REPO / "e2e" / "kubevirt-crds"  # KubeVirt v1.9.0 schemas, copied from ../shared
+KUBEVIRT_CRDS = REPO / "e2e" / "kubevirt-crds" / "v1.9.0"  # copied from ../shared
 LOG = CACHE / "logs" / "kind-cluster.log"
 
 CLUSTER_CONFIG = """\
@@ -35,8 +37,11 @@ kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 nodes:
   - role: control-plane
+  # One zone per worker, as a cloud cluster labels its nodes: example 02 spreads its pool over zones.
   - role: worker
+    labels: {topology.kubernetes.io/zone: zone-a}
   - role: worker
+    labels: {topology.kubernetes.io/zone: zone-b}
 """
 
 
@@ -103,14 +108,40 @@ def healthy(kind: Path, bin_dir: Path) -> bool:
     return probe.returncode == 0
 
 
-def up() -> None:
+def kubevirt_installed(bin_dir: Path) -> bool:
+    return bool(
+        output(
+            [
+                str(bin_dir / "kubectl"),
+                f"--kubeconfig={KUBECONFIG}",
+                "get",
+                "namespace",
+                "kubevirt",
+                "-o",
+                "name",
+            ],
+            check=False,
+        ).strip()
+    )
+
+
+def up(kubevirt: bool = False) -> None:
+    """The cluster with the operator installed by its charts. kubevirt=False: KubeVirt's v1.9.0 CRDs and no
+    KubeVirt runtime (e2e/kind); kubevirt=True: ready for hack/kubevirt/install.py, which installs KubeVirt
+    (its virt-operator brings its own CRDs). Either way the nodes carry KubeVirt's images."""
     STATE.mkdir(parents=True, exist_ok=True)
     bin_dir = controlplane_bin()
-    built, node, operator = build.all_images()
+    built, node, operator = build.all_images(kubevirt_build.archives())
     kind = built / "kind"
     started = time.monotonic()
     if cluster_exists(kind) and not healthy(kind, bin_dir):
         log("cluster", f"kind cluster {NAME} exists but does not run: deleting it")
+        run("cluster", "kind delete cluster", [str(kind), "delete", "cluster", "--name", NAME], logfile=LOG)
+    if cluster_exists(kind) and not kubevirt and kubevirt_installed(bin_dir):
+        log("cluster", f"kind cluster {NAME} runs KubeVirt, and this suite needs it without: recreating it")
+        run("cluster", "kind delete cluster", [str(kind), "delete", "cluster", "--name", NAME], logfile=LOG)
+    if cluster_exists(kind) and node not in output(["docker", "ps", "--format", "{{.Image}}"], check=False):
+        log("cluster", f"kind cluster {NAME} runs an older node image: recreating it from {node}")
         run("cluster", "kind delete cluster", [str(kind), "delete", "cluster", "--name", NAME], logfile=LOG)
     if cluster_exists(kind):
         log("cluster", f"kind cluster {NAME} runs: reusing it")
@@ -146,13 +177,21 @@ def up() -> None:
         [str(kind), "load", "docker-image", operator, "--name", NAME],
         logfile=LOG,
     )
-    log(
-        "cluster",
-        "installing KubeVirt's v1.9.0 CRDs (shared data; KubeVirt itself comes with the Real KubeVirt issue)",
-    )
-    kubectl(
-        bin_dir, "apply", "--server-side", "--force-conflicts", "-f", str(KUBEVIRT_CRDS), step="KubeVirt CRDs"
-    )
+    if not kubevirt:
+        log("cluster", "installing KubeVirt's v1.9.0 CRDs (shared data; no KubeVirt runtime)")
+        kubectl(
+            bin_dir,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(KUBEVIRT_CRDS),
+            step="KubeVirt CRDs",
+        )
+    elif not kubevirt_installed(bin_dir):
+        # virt-operator creates KubeVirt's CRDs at its own version; the copied v1.9.0 ones must go first.
+        log("cluster", "removing the copied v1.9.0 KubeVirt CRDs before installing KubeVirt")
+        kubectl(bin_dir, "delete", "--ignore-not-found", "-f", str(KUBEVIRT_CRDS), step="remove copied CRDs")
     kubectl(
         bin_dir,
         "apply",

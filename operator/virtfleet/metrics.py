@@ -49,6 +49,12 @@ API_REQUESTS = Counter(
     " and patches are not included).",
     ["verb", "code"],
 )
+KUBEVIRT_INFO = Gauge(
+    "virtfleet_kubevirt_info",
+    "1 for the KubeVirt the operator talks to: its observed version (empty if unreadable) and whether its"
+    " MigrationPolicy serves maxDowntimeMs.",
+    ["version", "max_downtime_ms"],
+)
 RECONCILES = Counter("virtfleet_reconcile_total", "Reconciles by kind and result.", ["kind", "result"])
 RECONCILE_SECONDS = Histogram(
     "virtfleet_reconcile_duration_seconds", "Time spent in one reconcile.", ["kind"],

@@ -18,7 +18,9 @@ from virtfleet.twin.fleet import Fleet
 pytestmark = pytest.mark.integration
 
 GIB = 2**30
-PER_SMALL_VM = GIB + memory_overhead(1, GIB)  # memory request of a 1-vCPU, 1Gi VM
+# The launcher pod of a 1-vCPU, 1Gi VM (guest size only) with one containerDisk: compute, then the
+# guest-console-log (35M) and containerDisk (1M) containers.
+PER_SMALL_VM = GIB + memory_overhead(1, 0) + 35_000_000 + 1_000_000
 FLEET: dict[str, Any] = {
     "timeScale": 0.02,
     "cluster": {"completionTimeoutPerGiB": 5},

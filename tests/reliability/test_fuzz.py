@@ -464,7 +464,9 @@ def pool_specs(draw: st.DrawFn) -> dict[str, Any]:
 
 @cache
 def kubevirt_vm_schema() -> dict[str, Any]:
-    crd = yaml.safe_load((REPO / "e2e" / "kubevirt-crds" / "kubevirt.io_virtualmachines.yaml").read_text())
+    crd = yaml.safe_load(
+        (REPO / "e2e" / "kubevirt-crds" / "v1.9.0" / "kubevirt.io_virtualmachines.yaml").read_text()
+    )
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
     return schema

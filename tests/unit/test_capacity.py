@@ -17,9 +17,11 @@ from virtfleet.core.capacity import (
     effective_cpu_ratio,
     effective_memory_ratio,
     plan_capacity,
+    with_other_pods,
 )
 from virtfleet.core.kubevirt import launcher_requests
 from virtfleet.core.render import PoolContext, render_vm
+from virtfleet.kube.facts import other_pod_of, pod_requests
 
 GIB = 2**30
 
@@ -58,15 +60,76 @@ def test_four_to_one_fits_four_times_the_vcpus() -> None:
     _, requests = vm_requests(4, "4Gi", cpu_ratio=4, memory_ratio=1)
     result = plan_capacity([node("a", 16, 1024)], [], unplaced=0, wanted=100, per_vm=requests,
                            node_selector={}, cpu_ratio=4, memory_ratio=1)  # fmt: skip
-    assert result.creatable == 16  # 64 vCPUs on 16 cores
-    assert "84 of 100 new VMs do not fit" in result.message
+    # 4 vCPUs at 4:1 request 1000m, and each launcher pod 6m more for guest-console-log and the
+    # containerDisk container: 16 would need 16,096m of 16,000m, so the real scheduler places 15.
+    assert result.creatable == 15
+    assert "85 of 100 new VMs do not fit" in result.message
 
 
 def test_unplaced_vms_count_before_new_ones() -> None:
     _, requests = vm_requests(2, "2Gi", 1, 1)
-    result = plan_capacity([node("a", 8, 64)], [], unplaced=3, wanted=2, per_vm=requests,
+    # 2,006m per VM (2 cores at 1:1, plus the launcher's support containers): 8 cores hold 3.
+    result = plan_capacity([node("a", 8, 64)], [], unplaced=2, wanted=2, per_vm=requests,
                            node_selector={}, cpu_ratio=1, memory_ratio=1)  # fmt: skip
     assert result.creatable == 1
+
+
+def test_a_spread_constraint_rules_out_nodes_without_its_key() -> None:
+    # Found on kind with real KubeVirt: workers without topology.kubernetes.io/zone left example 02's
+    # spread pool ErrorUnschedulable ("missing required label") while the pool counted every VM placeable.
+    _, requests = vm_requests(2, "2Gi", 1, 1)
+    zone = "topology.kubernetes.io/zone"
+    nodes = [node("a", 8, 64), node("b", 8, 64, **{zone: "z1"})]
+    result = plan_capacity(nodes, [], 0, 10, requests, {}, 1, 1, spread_keys=[zone])
+    assert result.eligible_nodes == 1 and result.creatable == 3  # 2,006m each on 8,000m
+    bare = plan_capacity([node("a", 8, 64)], [], 0, 2, requests, {}, 1, 1, spread_keys=[zone])
+    assert bare.creatable == 0 and zone in bare.message
+
+
+def _pod(node_name: str | None, *containers: dict[str, str], **extra: object) -> dict[str, object]:
+    return {
+        "metadata": {"name": "p", "labels": extra.pop("labels", {})},
+        "spec": {"nodeName": node_name, "containers": [{"resources": {"requests": c}} for c in containers],
+                 **extra},
+        "status": {"phase": "Running"},
+    }  # fmt: skip
+
+
+def test_pods_that_are_not_vms_take_room_the_scheduler_counts() -> None:
+    # On kind with real KubeVirt each worker runs kindnet (100m) and virt-handler (10m), and one of them the
+    # operator: the scheduler counts them, so must the pool. 1 vCPU at 2:1 is 506m a VM with its launcher's
+    # support containers: 3 fit a bare 2-core worker, 2 beside 600m of other pods.
+    _, requests = vm_requests(1, "1Gi", 2, 1)
+    workers = [node("w1", 2, 16), node("w2", 2, 16)]
+    kindnet = _pod("w1", {"cpu": "100m", "memory": "50Mi"}, {"cpu": "500m", "memory": "256Mi"})
+    handler = _pod("w2", {"cpu": "10m", "memory": "325Mi"})
+    launcher = _pod("w1", {"cpu": "1", "memory": "1Gi"}, labels={"kubevirt.io": "virt-launcher"})
+    index: dict[str, list[tuple[int, int]]] = {}
+    for pod in (kindnet, handler, launcher, _pod(None, {"cpu": "1"})):
+        found = other_pod_of(pod)
+        if found is not None:
+            index.setdefault(found[0], []).append(found[1])
+    assert index == {"w1": [(600, 306 * 2**20)], "w2": [(10, 325 * 2**20)]}  # the launcher is the VM itself
+    counted = with_other_pods(workers, index)
+    assert plan_capacity(workers, [], 0, 8, requests, {}, 2, 1).creatable == 6
+    assert plan_capacity(counted, [], 0, 8, requests, {}, 2, 1).creatable == 5
+    assert counted[0].cores == 2  # the ratio still counts physical cores
+
+
+def test_pod_requests_follow_the_scheduler() -> None:
+    # Containers add up; an init container counts only if it is larger; sidecars run alongside; overhead adds.
+    spec = {
+        "containers": [{"resources": {"requests": {"cpu": "200m", "memory": "100Mi"}}}, {"name": "bare"}],
+        "initContainers": [
+            {"restartPolicy": "Always", "resources": {"requests": {"cpu": "50m"}}},
+            {"resources": {"requests": {"cpu": "1", "memory": "10Mi"}}},
+        ],
+        "overhead": {"cpu": "10m", "memory": "1Mi"},
+    }
+    assert pod_requests(spec) == (1060, 101 * 2**20)
+    assert pod_requests({**spec, "resources": {"requests": {"cpu": "3"}}}) == (3010, 101 * 2**20)
+    assert other_pod_of({**_pod("w", {"cpu": "1"}), "status": {"phase": "Succeeded"}}) is None
+    assert other_pod_of(_pod("w", {})) is None
 
 
 def test_dedicated_vms_need_cpumanager_nodes() -> None:
@@ -75,7 +138,8 @@ def test_dedicated_vms_need_cpumanager_nodes() -> None:
     pinned = plan_capacity([node("b", 8, 64, **{"kubevirt.io/cpumanager": "true"})], [], 0, 10, requests,
                            {"kubevirt.io/cpumanager": "true"}, 1, 1)  # fmt: skip
     assert plain.creatable == 0 and plain.eligible_nodes == 0
-    assert pinned.creatable == 4
+    # 2 pinned cores each, plus 25m of support containers at their limits (Guaranteed QoS): 3 on 8 cores.
+    assert pinned.creatable == 3
 
 
 ratios = st.sampled_from([1.0, 1.5, 2.0, 4.0, 8.0])

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from virtfleet.api.migrationplan import MigrationPlanSpec, MigrationPlanStatus
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.kubevirt import launcher_requests
 from virtfleet.core.migration_planner import build_plan
-from virtfleet.core.plans import planned_status, started_status
+from virtfleet.core.plan_executor import SETUP_SAMPLES, Attempt, observed_setup_s
+from virtfleet.core.plans import late_failure_reasons, planned_status, started_status
 from virtfleet.core.status import differing, wire
+from virtfleet.kube.facts import attempt_of
 
 GIB = 2**30
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -137,3 +139,72 @@ def test_decided_times_are_written_at_their_precision() -> None:
     assert {c["lastTransitionTime"] for c in status["conditions"]} == {
         "2026-12-01T12:00:05Z"
     }  # to the second
+
+
+def _vmim(name: str, phases: dict[str, str], final: str = "Succeeded") -> dict[str, Any]:
+    """A VirtualMachineInstanceMigration as KubeVirt v1.7 reports it (second-resolution stamps)."""
+    return {
+        "metadata": {
+            "name": name,
+            "creationTimestamp": phases["Pending"],
+            "labels": {"virtfleet.io/plan": "uid", "virtfleet.io/attempt": "1"},
+            "annotations": {"virtfleet.io/vm": name},
+        },
+        "spec": {"vmiName": name},
+        "status": {
+            "phase": final,
+            "phaseTransitionTimestamps": [
+                {"phase": phase, "phaseTransitionTimestamp": stamp} for phase, stamp in phases.items()
+            ],
+        },
+    }
+
+
+def test_estimates_take_the_target_start_up_the_cluster_showed() -> None:
+    # Real KubeVirt on kind: ~12 s from Scheduling until memory moves, then a second or two of copying.
+    real = [
+        _vmim(f"vm-{i}", {
+            "Pending": f"2026-12-01T12:0{i}:00Z", "Scheduling": f"2026-12-01T12:0{i}:01Z",
+            "Running": f"2026-12-01T12:0{i}:{13 + i:02d}Z", "Succeeded": f"2026-12-01T12:0{i}:{15 + i:02d}Z",
+        })
+        for i in range(3)
+    ]  # fmt: skip
+    failed = _vmim("vm-x", {"Pending": "2026-12-01T12:09:00Z", "Scheduling": "2026-12-01T12:09:01Z",
+                            "Running": "2026-12-01T12:09:59Z", "Failed": "2026-12-01T12:10:00Z"}, "Failed")  # fmt: skip
+    attempts = [a for a in map(attempt_of, [*real, failed]) if a is not None]
+    assert observed_setup_s(attempts) == 13.0  # median of 12, 13, 14 s; a failure says nothing
+    assert observed_setup_s(attempts[3:]) is None
+
+    spec = MigrationPlanSpec.model_validate({"goal": "drain", "nodes": ["n0"], "dryRun": True})
+    default = build_plan(spec, "ns", FLEET, NODES, {"web": (4.0, 1.0)})
+    learned = build_plan(spec, "ns", FLEET, NODES, {"web": (4.0, 1.0)}, setup_s=observed_setup_s(attempts))
+    for before, after in zip(default.moves, learned.moves, strict=True):
+        assert after.estimate.duration_s - before.estimate.duration_s == 11.0
+    status = written(planned_status(spec, learned, {}, 1, NOW), {})
+    assert status["estimatedSetupSeconds"] == 13.0
+    assert written(planned_status(spec, default, {}, 1, NOW), {})["estimatedSetupSeconds"] == 2.0
+
+
+def test_the_latest_migrations_decide_the_setup_estimate() -> None:
+    def attempt(minute: int, setup_s: int) -> Attempt:
+        start = NOW + timedelta(minutes=minute)
+        copying = start + timedelta(seconds=setup_s)
+        return Attempt(f"vm-{minute}", 1, f"m-{minute}", "Succeeded", start, start, copying, copying=copying)
+
+    old = [attempt(minute, 60) for minute in range(SETUP_SAMPLES)]
+    new = [attempt(100 + minute, 5) for minute in range(SETUP_SAMPLES)]
+    assert observed_setup_s([*new, *old]) == 5.0  # images are cached now: the old slow starts no longer count
+
+
+def test_a_failure_reason_that_arrives_after_the_plan_ended_is_added() -> None:
+    line = {"name": "vm-0", "source": "n0", "target": "n1", "method": "live", "wave": 0, "phase": "Failed",
+            "estimatedStartSeconds": 0, "estimatedDurationSeconds": 2.2, "estimatedDowntimeSeconds": 0.2,
+            "attempts": 2, "migration": "plan-vm-0-2", "lastError": "the migration failed"}  # fmt: skip
+    reason = "Live migration is not completed after 1 seconds and has been aborted"
+    late = Attempt("vm-0", 2, "plan-vm-0-2", "Failed", NOW, NOW, NOW, reason)
+    status = {"phase": "Failed", "vms": [line]}
+    lines = late_failure_reasons(status, [late])
+    assert lines is not None and lines[0].last_error == reason
+    assert wire(MigrationPlanStatus(vms=lines))["vms"][0]["attempts"] == 2
+    assert late_failure_reasons({"phase": "Failed", "vms": [{**line, "lastError": reason}]}, [late]) is None
+    assert late_failure_reasons(status, []) is None

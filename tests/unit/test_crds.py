@@ -57,7 +57,7 @@ def test_schema_is_structural(kind: Any) -> None:
 
 def test_short_names_do_not_collide_with_kubevirt(repo: Path) -> None:
     taken = set(KUBEVIRT_SHORT_NAMES)
-    for file in (repo / "e2e" / "kubevirt-crds").glob("*.yaml"):
+    for file in (repo / "e2e" / "kubevirt-crds").glob("*/*.yaml"):
         names = yaml.safe_load(file.read_text())["spec"]["names"]
         taken |= set(names.get("shortNames", [])) | {names["singular"], names["kind"].lower()}
     ours = [name for kind in KINDS for name in kind.short_names]

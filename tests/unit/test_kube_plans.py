@@ -23,7 +23,8 @@ from virtfleet.kube.client import (
     NODES,
     VIRTUAL_MACHINE_INSTANCES,
 )
-from virtfleet.kube.plans import reconcile_plan
+from virtfleet.kube.discovery import CRDS, KUBEVIRTS
+from virtfleet.kube.plans import delete_plan_objects, reconcile_plan
 
 GIB = 2**30
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -31,6 +32,9 @@ REQUESTS = launcher_requests({"domain": {"cpu": {"cores": 2}, "memory": {"guest"
 FLEET = [Placed(f"ns/vm-{i}", "n0", REQUESTS, labels=(("virtfleet.io/pool", "web"),), running=True)
          for i in range(3)]  # fmt: skip
 NODE_FACTS = [NodeFacts(f"n{i}", {"kubernetes.io/hostname": f"n{i}"}, 32_000, 256 * GIB) for i in range(3)]
+
+# A plan re-reads what the cluster's KubeVirt serves before it writes its MigrationPolicy.
+DISCOVERY = (("get", CRDS), ("list", KUBEVIRTS))
 
 
 def inputs(spec: dict[str, Any], status: dict[str, Any] | None = None) -> PlanInputs:
@@ -68,6 +72,7 @@ async def test_starting_a_drain_cordons_freezes_the_plan_and_starts_what_the_lim
     kube = FakeKube(
         ("patch", NODES),
         ("apply", MIGRATION_POLICIES),
+        *DISCOVERY,
         ("patch", VIRTUAL_MACHINE_INSTANCES),
         ("patch/status", MIGRATION_PLANS),
         ("create", MIGRATIONS),
@@ -108,6 +113,7 @@ async def test_a_restart_between_cordon_and_status_still_uncordons_only_its_own(
     kube = FakeKube(
         ("get", NODES),
         ("apply", MIGRATION_POLICIES),
+        *DISCOVERY,
         ("patch", VIRTUAL_MACHINE_INSTANCES),
         ("patch/status", MIGRATION_PLANS),
         ("create", MIGRATIONS),
@@ -119,3 +125,19 @@ async def test_a_restart_between_cordon_and_status_still_uncordons_only_its_own(
     outcome = await reconcile_plan(runtime_with(kube), plan)
     assert kube.writes("patch", "nodes") == []  # no second cordon
     assert outcome.status["cordonedNodes"] == (["n0"] if ours else [])
+
+
+@pytest.mark.parametrize(("uncordon", "cordoned_by", "patched"), [
+    (["n0"], "ns/drain", ["/n0"]), (["n0"], "someone/else", []), ([], "ns/drain", []),
+])  # fmt: skip
+async def test_deleting_a_plan_mid_drain_uncordons_what_it_cordoned(
+    uncordon: list[str], cordoned_by: str, patched: list[str]
+) -> None:
+    """Found on real KubeVirt: a drain plan deleted with its namespace left its node cordoned."""
+    node = {"metadata": {"name": "n0", "annotations": {CORDONED_BY_ANNOTATION: cordoned_by}}, "spec": {"unschedulable": True}}  # fmt: skip
+    kube = FakeKube(
+        ("delete", MIGRATION_POLICIES), ("get", NODES), ("patch", NODES), ("list", VIRTUAL_MACHINE_INSTANCES),
+        objects={("get", "nodes", "/n0"): node},
+    )  # fmt: skip
+    await delete_plan_objects(kube, "ns", "plan-uid", [], NOW, "drain", uncordon)
+    assert kube.writes("patch", "nodes") == patched

@@ -43,6 +43,8 @@ def on_source(plan: list[Entry]) -> dict[str, str | None]:
 
 def attempt(vm: str, number: int, phase: str, at: datetime = T0, failure: str = "") -> Attempt:
     done = phase in ("Succeeded", "Failed")
+    if phase == "Failed" and not failure:
+        failure = "Live migration is not completed after 1 seconds and has been aborted"  # KubeVirt's words
     return Attempt(
         vm, number, migration_name("plan", vm, number), phase, at, at, at if done else None, failure
     )
@@ -326,7 +328,11 @@ def test_simulated_runs_respect_every_limit_and_end_each_vm_once(
                 del ends[name]
                 vm = next(vm for vm, tries in attempts.items() if any(a.name == name for a in tries))
                 attempts[vm] = [
-                    replace(a, phase="Succeeded" if ok else "Failed", finished=at) if a.name == name else a
+                    replace(
+                        a, phase="Succeeded" if ok else "Failed", finished=at, failure="" if ok else "aborted"
+                    )
+                    if a.name == name
+                    else a
                     for a in attempts[vm]
                 ]
                 if ok:
@@ -341,3 +347,19 @@ def test_simulated_runs_respect_every_limit_and_end_each_vm_once(
             assert node[vm.entry.name] == vm.entry.target
         else:
             assert node[vm.entry.name] == vm.entry.source  # on exactly one node: where it was
+
+
+def test_a_failure_without_its_reason_yet_waits_briefly_for_it() -> None:
+    # Real KubeVirt v1.7 marked a VMIM Failed before copying migrationState.failureReason to it.
+    plan = entries(1)
+    controls = Controls(retries=0, max_failures=0, on_failure="abort")
+    bare = replace(attempt("vm-0", 1, "Failed", T0), failure="")
+    world = World(T0 + timedelta(seconds=1), {"vm-0": [bare]}, vmi_nodes=on_source(plan))
+    early = step("plan", plan, world, controls)
+    assert early.vms[0].phase == "Migrating" and early.phase == "Running"
+    assert early.wake_at == T0 + ex.FAILURE_REASON_GRACE
+    reason = replace(bare, failure="Live migration stuck for 150 seconds and has been aborted")
+    told = step("plan", plan, replace(world, attempts={"vm-0": [reason]}), controls)
+    assert told.vms[0].phase == "Failed" and told.vms[0].last_error == reason.failure
+    late = step("plan", plan, replace(world, now=T0 + ex.FAILURE_REASON_GRACE), controls)
+    assert late.vms[0].phase == "Failed" and late.vms[0].last_error == "the migration failed"

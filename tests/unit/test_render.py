@@ -15,7 +15,14 @@ import yaml
 from virtfleet.api.pool import VirtualMachinePoolSpec
 from virtfleet.api.vmtemplate import VMTemplateSpec
 from virtfleet.core.kubevirt import launcher_requests
-from virtfleet.core.render import PoolContext, RenderError, check_compatible, hotplug_only, render_vm
+from virtfleet.core.render import (
+    PoolContext,
+    RenderError,
+    check_compatible,
+    hotplug_only,
+    live_update_patch,
+    render_vm,
+)
 from virtfleet.core.revisions import revision_hash
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "render"
@@ -113,6 +120,11 @@ def test_socket_and_memory_changes_within_bounds_are_hot_pluggable() -> None:
         before, before.model_copy(update={"memory": before.memory.model_copy(update={"guest": "8Gi"})})
     )
     assert not hotplug_only(before, changed(sockets=9))  # beyond maxSockets 8
+    # Real KubeVirt sets RestartRequired for fewer sockets or less memory than the VM booted with.
+    assert not hotplug_only(before, changed(sockets=1))
+    assert not hotplug_only(
+        before, before.model_copy(update={"memory": before.memory.model_copy(update={"guest": "2Gi"})})
+    )
     assert not hotplug_only(before, changed(cores=4))  # cores are not hot-pluggable
     assert not hotplug_only(before, before.model_copy(update={"eviction_strategy": "External"}))
     static = VMTemplateSpec.model_validate(
@@ -120,4 +132,30 @@ def test_socket_and_memory_changes_within_bounds_are_hot_pluggable() -> None:
     )
     assert not hotplug_only(
         static, static.model_copy(update={"cpu": static.cpu.model_copy(update={"sockets": 3})})
+    )
+
+
+def test_a_live_update_touches_only_what_kubevirt_live_updates() -> None:
+    """Found on real KubeVirt v1.7.0: applying the whole new rendering also changed resources.requests,
+    which KubeVirt does not live-update, so the VM carried RestartRequired and the guest kept its old size."""
+    data = yaml.safe_load((DATA / "dynamic-allocation.yaml").read_text())
+    template = VMTemplateSpec.model_validate(data["template"])
+    bigger = template.model_copy(update={"cpu": template.cpu.model_copy(update={"sockets": 4})})
+    pool = VirtualMachinePoolSpec.model_validate(data["pool"])
+    context = PoolContext("p", "ns", "uid", pool, 2, 1)
+    before = render_vm(context, "t", "0123456789", template, 0)
+    after = render_vm(context, "t", "abcdef0123", bigger, 0)
+    patch = live_update_patch(after)
+    assert patch["spec"] == {
+        "template": {
+            "metadata": after["spec"]["template"]["metadata"],
+            "spec": {"domain": {"cpu": {"sockets": 4}, "memory": {"guest": "4Gi"}}},
+        }
+    }
+    assert patch["metadata"]["labels"]["virtfleet.io/template-revision"] == "abcdef0123"
+    # The requests did change in the rendering; the patch leaves them to KubeVirt.
+    resources = "resources"
+    assert (
+        before["spec"]["template"]["spec"]["domain"][resources]
+        != after["spec"]["template"]["spec"]["domain"][resources]
     )

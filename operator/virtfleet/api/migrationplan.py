@@ -253,6 +253,11 @@ class MigrationPlanStatus(BaseStatus):
         default=None, description="Model estimate of the plan."
     )
     estimated_max_downtime_seconds: Seconds | None = Field(default=None, description="Largest single pause.")
+    estimated_setup_seconds: Seconds | None = Field(
+        default=None,
+        description="Target start-up per migration the estimates assume: the median of the cluster's "
+        "latest plan migrations, 2s before there are any.",
+    )
     estimated_remaining_seconds: Seconds | None = Field(
         default=None, description="Model estimate of the time left."
     )

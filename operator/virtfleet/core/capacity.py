@@ -12,8 +12,8 @@ Definitions (docs/oversubscription.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from virtfleet.api.labels import CPUMANAGER_LABEL, NUMA_ANNOTATION, matches
@@ -41,6 +41,10 @@ class NodeFacts:
     schedulable: bool = True
     cells: tuple[Cell, ...] = ()
     tainted: bool = False  # a NoSchedule/NoExecute taint: pool VMs carry no tolerations
+    # Requests of the node's pods that are not VMs (DaemonSets such as virt-handler, the CNI, operators):
+    # the scheduler counts them against allocatable, so a VM counted as fitting must leave room for them.
+    other_cpu_millis: int = 0
+    other_memory: int = 0
 
     @property
     def cores(self) -> int:
@@ -87,6 +91,23 @@ class NodeFacts:
                 for t in (node.get("spec") or {}).get("taints") or []
             ),
         )
+
+
+def with_other_pods(
+    nodes: Iterable[NodeFacts], other_pods: Mapping[str, Iterable[tuple[int, int]]]
+) -> list[NodeFacts]:
+    """The nodes with the (cpu millicores, memory bytes) requests of their non-VM pods added up."""
+    result = []
+    for node in nodes:
+        pods = list(other_pods.get(node.name, ()))
+        if pods:
+            node = replace(
+                node,
+                other_cpu_millis=sum(cpu for cpu, _ in pods),
+                other_memory=sum(memory for _, memory in pods),
+            )
+        result.append(node)
+    return result
 
 
 @dataclass(frozen=True)
@@ -139,8 +160,8 @@ class NodeUsage:
 
     def add(self, load: VMLoad, cell: int | None = None) -> None:
         r = load.requests
-        self.cpu_millis += r.cpu_millis
-        self.memory += r.memory_bytes
+        self.cpu_millis += r.pod_cpu_millis
+        self.memory += r.pod_memory_bytes
         self.hugepages_1gi += r.hugepages_1gi_bytes
         self.hugepages_2mi += r.hugepages_2mi_bytes
         self.shared_vcpus += load.shared_vcpus
@@ -175,18 +196,27 @@ class Capacity:
         for node in self.nodes.values():
             cells = len(node.cells) or 1
             self.usage[node.name] = NodeUsage(
-                cell_cores=[0] * cells, cell_huge_1gi=[0] * cells, cell_huge_2mi=[0] * cells
+                cpu_millis=node.other_cpu_millis,
+                memory=node.other_memory,
+                cell_cores=[0] * cells,
+                cell_huge_1gi=[0] * cells,
+                cell_huge_2mi=[0] * cells,
             )
         for load in placed:
             if load.node in self.usage:
                 self.usage[load.node].add(load)
 
-    def eligible(self, node_selector: Mapping[str, str], dedicated: bool) -> list[NodeFacts]:
+    def eligible(
+        self, node_selector: Mapping[str, str], dedicated: bool, required_keys: Iterable[str] = ()
+    ) -> list[NodeFacts]:
+        """Nodes the scheduler may place the VM on. `required_keys`: topology keys of DoNotSchedule spread
+        constraints; kube-scheduler filters out nodes without them ("missing required label")."""
+        keys = tuple(required_keys)
         nodes = []
         for node in self.nodes.values():
             if not (node.ready and node.schedulable) or node.tainted:
                 continue
-            if not matches(node.labels, node_selector):
+            if not matches(node.labels, node_selector) or any(k not in node.labels for k in keys):
                 continue
             if dedicated and not node.cpumanager:
                 continue
@@ -197,7 +227,10 @@ class Capacity:
         """The NUMA cell index (0 when cells do not matter) if `load` fits `node` within the ratios."""
         usage = self.usage[node.name]
         r = load.requests
-        if usage.cpu_millis + r.cpu_millis > node.cpu_millis or usage.memory + r.memory_bytes > node.memory:
+        if (
+            usage.cpu_millis + r.pod_cpu_millis > node.cpu_millis
+            or usage.memory + r.pod_memory_bytes > node.memory
+        ):
             return None
         if usage.hugepages_1gi + r.hugepages_1gi_bytes > node.hugepages_1gi:
             return None
@@ -269,11 +302,12 @@ def plan_capacity(
     node_selector: Mapping[str, str],
     cpu_ratio: float,
     memory_ratio: float,
+    spread_keys: Sequence[str] = (),
 ) -> PoolCapacity:
     """How many of `wanted` new VMs can be created after the pool's `unplaced` ones (created, not yet
     scheduled) are accounted for, keeping every eligible node within the pool's ratios."""
     capacity = Capacity(nodes, placed)
-    eligible = capacity.eligible(node_selector, per_vm.dedicated)
+    eligible = capacity.eligible(node_selector, per_vm.dedicated, spread_keys)
     # Report the eligible nodes as they stand, before the hypothetical VMs below are placed.
     committed_vcpus = sum(capacity.usage[n.name].vcpus for n in eligible)
     cores = sum(n.cores for n in eligible)
@@ -286,11 +320,13 @@ def plan_capacity(
     if creatable < wanted:
         message = (
             f"{wanted - creatable} of {wanted} new VMs do not fit: each needs {per_vm.vcpus} vCPUs and "
-            f"{_gib(per_vm.guest_memory_bytes)} guest memory ({per_vm.cpu_millis}m CPU, "
-            f"{_gib(per_vm.memory_bytes)} memory requested); {len(eligible)} eligible node(s) commit "
+            f"{_gib(per_vm.guest_memory_bytes)} guest memory ({per_vm.pod_cpu_millis}m CPU, "
+            f"{_gib(per_vm.pod_memory_bytes)} memory requested); {len(eligible)} eligible node(s) commit "
             f"{committed_vcpus} vCPUs on {cores} cores and {_gib(committed_memory)} of {_gib(memory)} "
             f"at cpuRatio {cpu_ratio:g}, memoryRatio {memory_ratio:g}"
         )
+        if spread_keys:
+            message += f" (nodes need label(s) {', '.join(spread_keys)} for the pool's topology spread)"
     return PoolCapacity(
         creatable=creatable,
         eligible_nodes=len(eligible),

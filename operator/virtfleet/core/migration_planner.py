@@ -35,11 +35,15 @@ from virtfleet.core.capacity import (
     effective_memory_ratio,
 )
 from virtfleet.core.kubevirt import LauncherRequests
+from virtfleet.core.kubevirt_api import FULL_KUBEVIRT_API, KubeVirtAPI
 
 Goal = Literal["drain", "move", "rebalance"]
 Order = Literal["priority", "smallestFirst", "largestFirst", "waves"]
 Method = Literal["live", "cold", "liveWithColdFallback"]
 DEFAULT_DIRTY_RATE = 50 * 2**20  # bytes/s a guest dirties when its VMI does not say
+# Target pod start-up per migration until the cluster's own migrations say otherwise (plan_executor.
+# observed_setup_s); the twin's default, well under what real KubeVirt on kind takes.
+DEFAULT_SETUP_S = 2.0
 COLD_DOWNTIME_PER_GIB = 2.0  # seconds a cold move keeps a VM down per GiB (stop, re-place, boot)
 
 
@@ -75,7 +79,7 @@ class Timing:
     allow_post_copy: bool = False
     allow_auto_converge: bool = False
     completion_timeout_per_gib: int = precopy.DEFAULT_COMPLETION_TIMEOUT_PER_GIB
-    setup_s: float = 2.0
+    setup_s: float = DEFAULT_SETUP_S
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class Move:
 class Plan:
     moves: list[Move] = field(default_factory=list)
     unplaceable: list[tuple[str, str]] = field(default_factory=list)  # (vm, reason)
+    setup_s: float = DEFAULT_SETUP_S  # target start-up per migration the estimates assume
 
     @property
     def makespan_s(self) -> float:
@@ -128,7 +133,7 @@ class Plan:
 
 
 def plan_migrations(request: PlanRequest) -> Plan:
-    plan = Plan()
+    plan = Plan(setup_s=request.timing.setup_s)
     capacity = Capacity(request.nodes, request.placed)
     candidates = _to_move(request, capacity, plan)
     ordered = _ordered(request, candidates, plan)
@@ -483,8 +488,11 @@ def build_plan(
     placements: list[Placed],
     nodes: list[NodeFacts],
     pool_ratios: Mapping[str, tuple[float, float]],
+    kubevirt: KubeVirtAPI = FULL_KUBEVIRT_API,
+    setup_s: float | None = None,
 ) -> Plan:
-    """The request the spec makes of the planner, over what the indexes show, and its plan."""
+    """The request the spec makes of the planner, over what the indexes show, and its plan; timed by the
+    downtime limit the cluster's KubeVirt really applies and the target start-up its migrations showed."""
     node_map = {n.name: n for n in nodes}
     selected = [_plan_vm(p, pool_ratios) for p in select(spec, namespace, placements, node_map)]
     options = spec.migration
@@ -511,10 +519,11 @@ def build_plan(
         limits=limits_of(spec.limits),
         timing=Timing(
             bandwidth_bps=bandwidth,
-            max_downtime_s=options.max_downtime_ms / 1000,
+            max_downtime_s=kubevirt.max_downtime_ms(options.max_downtime_ms) / 1000,
             allow_post_copy=options.allow_post_copy,
             allow_auto_converge=options.allow_auto_converge,
             completion_timeout_per_gib=options.completion_timeout_per_gib,
+            setup_s=DEFAULT_SETUP_S if setup_s is None else setup_s,
         ),
     )
     return plan_migrations(request)

@@ -13,8 +13,9 @@ exist, and creating an existing name is refused by the API server.
 from __future__ import annotations
 
 import hashlib
+import statistics
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -67,10 +68,29 @@ class Attempt:
     finished: datetime | None = None
     failure: str = ""
     deleting: bool = False
+    copying: datetime | None = None  # when memory began to move: the target pod was up
 
     @property
     def in_flight(self) -> bool:
         return self.phase not in VMIM_DONE
+
+
+FAILURE_REASON_GRACE = timedelta(seconds=10)
+SETUP_SAMPLES = 20  # the latest migrations that say how long a target takes to come up here
+
+
+def observed_setup_s(attempts: Iterable[Attempt]) -> float | None:
+    """Median target start-up (Scheduling until memory moves) of the latest succeeded migrations, or None
+    before there are any: real clusters differ by an order of magnitude (image pulls, launcher start)."""
+    setups: list[tuple[datetime, float]] = [
+        (a.finished or a.copying, (a.copying - a.started).total_seconds())
+        for a in attempts
+        if a.phase == "Succeeded" and a.started is not None and a.copying is not None
+    ]
+    if not setups:
+        return None
+    latest = sorted(setups, key=lambda pair: pair[0], reverse=True)[:SETUP_SAMPLES]
+    return max(0.0, statistics.median(seconds for _, seconds in latest))
 
 
 @dataclass(frozen=True)
@@ -179,6 +199,7 @@ class VMState:
     downtime_s: float | None = None
     last_error: str = ""
     retry_at: datetime | None = None
+    recheck_at: datetime | None = None  # look again then, even if nothing changes (a failure's reason)
 
 
 @dataclass
@@ -238,12 +259,18 @@ def observe(entry: Entry, world: World, controls: Controls) -> VMState:
     if last is None:
         return base
     failures = sum(1 for a in attempts if a.phase == "Failed")
+    failed_at = world.failure_seen.get(last.name) or last.finished or last.created
+    if not last.failure and world.now - failed_at < FAILURE_REASON_GRACE:
+        # Real KubeVirt can mark a migration Failed a moment before it copies the reason over from the
+        # VMI: a plan that ended at once would keep "the migration failed" instead of KubeVirt's words.
+        return replace(
+            base, phase=VMPhase.MIGRATING, migration=last.name, recheck_at=failed_at + FAILURE_REASON_GRACE
+        )
     error = last.failure or "the migration failed"
     if failures > controls.retries:
         return replace(
             base, phase=VMPhase.FAILED, last_error=error, finished=last.finished, migration=last.name
         )
-    failed_at = world.failure_seen.get(last.name) or last.finished or last.created
     retry_at = failed_at + timedelta(seconds=controls.backoff_s * 2 ** (failures - 1))
     phase = VMPhase.WAITING if retry_at > world.now else VMPhase.PLANNED
     return replace(base, phase=phase, last_error=error, retry_at=retry_at, migration=last.name)
@@ -358,6 +385,7 @@ def step(plan: str, entries: Sequence[Entry], world: World, controls: Controls) 
         result.reason = reasons.PLAN_RUNNING
         result.message = _summary(result)
     waits = [s.retry_at for s in states if s.phase == VMPhase.WAITING and s.retry_at is not None]
+    waits += [s.recheck_at for s in states if s.recheck_at is not None]
     result.wake_at = min(waits, default=None)
     return result
 

@@ -22,6 +22,7 @@ from virtfleet.api.labels import (
 )
 from virtfleet.api.migrationplan import ColdStage, MigrationPlanSpec
 from virtfleet.api.timestamps import stamp
+from virtfleet.core.kubevirt_api import FULL_KUBEVIRT_API, KubeVirtAPI
 from virtfleet.core.plan_executor import StartMigration, StopForColdMove
 from virtfleet.core.plans import PlanInputs
 
@@ -56,19 +57,23 @@ def migration(inputs: PlanInputs, action: StartMigration, hostnames: Mapping[str
     }
 
 
-def migration_policy(spec: MigrationPlanSpec, inputs: PlanInputs) -> dict[str, Any]:
-    """spec.migration as a KubeVirt MigrationPolicy selecting the plan's VMIs (labelled before each start)."""
+def migration_policy(
+    spec: MigrationPlanSpec, inputs: PlanInputs, kubevirt: KubeVirtAPI = FULL_KUBEVIRT_API
+) -> dict[str, Any]:
+    """spec.migration as a KubeVirt MigrationPolicy selecting the plan's VMIs (labelled before each start),
+    with only the fields the cluster's KubeVirt serves."""
     options = spec.migration
     policy_spec: dict[str, Any] = {
         "allowPostCopy": options.allow_post_copy,
         "allowAutoConverge": options.allow_auto_converge,
         "completionTimeoutPerGiB": options.completion_timeout_per_gib,
-        "maxDowntimeMs": options.max_downtime_ms,
         "selectors": {
             "virtualMachineInstanceSelector": {PLAN_LABEL: inputs.uid},
             "namespaceSelector": {NAMESPACE_NAME_LABEL: inputs.namespace},
         },
     }
+    if kubevirt.max_downtime_supported:
+        policy_spec["maxDowntimeMs"] = options.max_downtime_ms
     if options.bandwidth_per_migration:
         policy_spec["bandwidthPerMigration"] = options.bandwidth_per_migration
     return {

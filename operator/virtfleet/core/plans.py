@@ -46,6 +46,7 @@ class PlanInputs(ObjectInputs):
     attempts: Sequence[Attempt] = ()
     cold_moves: Sequence[ColdMove] = ()
     in_flight: Sequence[str] = ()  # every unfinished migration in the cluster: namespace/vmi
+    setup_s: float | None = None  # target start-up the cluster's latest migrations showed (None: none yet)
 
 
 def controls_of(spec: MigrationPlanSpec, kubevirt_parallel: int, kubevirt_outbound_per_node: int) -> Controls:
@@ -232,6 +233,7 @@ def _planned_fields(
             max((m.estimate.downtime_s for m in plan.moves), default=0.0), 3
         ),
         "estimated_remaining_seconds": round(plan.makespan_s, 1),
+        "estimated_setup_seconds": round(plan.setup_s, 1),
         "vms": _planned_entries(plan),
         "unplaceable": _unplaceable(plan),
         "observed_generation": generation,
@@ -319,6 +321,20 @@ def step_events(
     if "phase" in changes:
         events.append(_phase_event(changes["phase"], result))
     return events, finished
+
+
+def late_failure_reasons(status: Mapping[str, Any], attempts: Sequence[Attempt]) -> list[PlannedVM] | None:
+    """A finished plan's VM lines with KubeVirt's failure reasons that arrived after it ended (a VMIM can
+    turn Failed before its reason is written), or None when there is nothing to add."""
+    reasons_by_name = {a.name: a.failure for a in attempts if a.phase == "Failed" and a.failure}
+    lines = [dict(vm) for vm in status.get("vms") or []]
+    changed = False
+    for line in lines:
+        reason = reasons_by_name.get(str(line.get("migration", "")))
+        if line.get("phase") == VMPhase.FAILED and reason and line.get("lastError") != reason:
+            line["lastError"] = reason
+            changed = True
+    return [PlannedVM.model_validate(line) for line in lines] if changed else None
 
 
 def _unplaceable_count(status: Mapping[str, Any]) -> int:

@@ -362,6 +362,11 @@ def decide(
     sample = render_vm(context, spec.template_ref.name, revision.digest, template, 0)
     per_vm = launcher_requests(sample["spec"]["template"]["spec"], defaults.kubevirt_cpu_allocation_ratio)
     node_selector = sample["spec"]["template"]["spec"].get("nodeSelector") or {}
+    spread_keys = [
+        str(c["topologyKey"])
+        for c in sample["spec"]["template"]["spec"].get("topologySpreadConstraints") or []
+        if c.get("whenUnsatisfiable", "DoNotSchedule") == "DoNotSchedule"
+    ]
     unplaced = sum(1 for m in members if not m.deleting and m.node is None)
     pool_capacity = plan_capacity(
         nodes,
@@ -372,6 +377,7 @@ def decide(
         node_selector=node_selector,
         cpu_ratio=cpu_ratio,
         memory_ratio=memory_ratio,
+        spread_keys=spread_keys,
     )
     pending = len(result.create) - pool_capacity.creatable
     result.create = result.create[: pool_capacity.creatable]

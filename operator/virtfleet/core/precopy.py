@@ -8,7 +8,7 @@ as in KubeVirt and QEMU:
 - auto-converge throttles the guest's vCPUs (QEMU starts at 20 % and adds 10 % per round, up to 99 %),
   which slows its dirtying until the remainder fits;
 - post-copy (if allowed) starts the guest on the target when KubeVirt's completion timeout
-  (completionTimeoutPerGiB x guest GiB) is reached, and pulls the remaining pages afterwards;
+  (completionTimeoutPerGiB x guest memory in whole GB, rounded up) is reached, and pulls the remaining pages afterwards;
 - otherwise the migration fails at the completion timeout.
 
 Pure and deterministic: the twin uses it to time simulated migrations and the planner to estimate them.
@@ -16,10 +16,12 @@ Pure and deterministic: the twin uses it to time simulated migrations and the pl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 GIB = 2**30
+GB = 10**9
 # QEMU's auto-converge: cpu-throttle-initial 20 %, cpu-throttle-increment 10 %, at most 99 %.
 THROTTLE_INITIAL = 0.20
 THROTTLE_INCREMENT = 0.10
@@ -65,8 +67,9 @@ class MigrationInputs:
 
     @property
     def completion_timeout_s(self) -> float:
-        # KubeVirt scales the timeout with the guest's memory, counted in (fractional) GiB.
-        return self.completion_timeout_per_gib * self.memory_bytes / GIB
+        # KubeVirt v1.7 (virt-launcher's getVMIMigrationDataSize) counts the guest's memory in whole decimal
+        # gigabytes, rounded up, despite the setting's name: 256Mi is 1, 8Gi is 9 (checked on real KubeVirt).
+        return float(self.completion_timeout_per_gib * math.ceil(self.memory_bytes / GB))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Oversubscription (docs/oversubscription.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,7 +309,8 @@ def _network(interfaces: list[Interface]) -> tuple[list[dict[str, Any]], list[di
 
 def hotplug_only(old: VMTemplateSpec, new: VMTemplateSpec) -> bool:
     """True when the revisions differ only in what KubeVirt hot-plugs into a running VM (LiveUpdate):
-    CPU sockets within maxSockets and guest memory within maxGuest (both bounds unchanged)."""
+    more CPU sockets within maxSockets, more guest memory within maxGuest (both bounds unchanged). Fewer
+    sockets or less memory than the VM booted with need a restart in KubeVirt (RestartRequired)."""
     if old == new:
         return True
     if new.cpu.max_sockets is None and new.memory.max_guest is None:
@@ -322,10 +324,38 @@ def hotplug_only(old: VMTemplateSpec, new: VMTemplateSpec) -> bool:
     if same_rest != new:
         return False
     if new.cpu.sockets != old.cpu.sockets and (
-        new.cpu.max_sockets is None or new.cpu.sockets > new.cpu.max_sockets
+        new.cpu.max_sockets is None
+        or new.cpu.sockets > new.cpu.max_sockets
+        or new.cpu.sockets < old.cpu.sockets
     ):
         return False
     return new.memory.guest == old.memory.guest or (
         new.memory.max_guest is not None
-        and parse_bytes(new.memory.guest) <= parse_bytes(new.memory.max_guest)
+        and parse_bytes(old.memory.guest) < parse_bytes(new.memory.guest) <= parse_bytes(new.memory.max_guest)
     )
+
+
+def live_update_patch(vm: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that moves a running member to a hot-pluggable revision (see hotplug_only), from its
+    rendering at that revision: the VM's and its VMI template's labels and annotations, and of the spec
+    only what KubeVirt live-updates, CPU sockets and guest memory. Resources stay as created: a changed
+    request is not live-updatable in KubeVirt (the VM would get RestartRequired), and KubeVirt adds the
+    hot-plugged vCPUs' and memory's requests to the VMI itself."""
+    domain = vm["spec"]["template"]["spec"]["domain"]
+    return {
+        "metadata": {
+            "labels": dict(vm["metadata"].get("labels") or {}),
+            "annotations": dict(vm["metadata"].get("annotations") or {}),
+        },
+        "spec": {
+            "template": {
+                "metadata": dict(vm["spec"]["template"].get("metadata") or {}),
+                "spec": {
+                    "domain": {
+                        "cpu": {"sockets": domain["cpu"]["sockets"]},
+                        "memory": {"guest": domain["memory"]["guest"]},
+                    }
+                },
+            }
+        },
+    }

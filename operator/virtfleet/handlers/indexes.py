@@ -15,12 +15,13 @@ from virtfleet.core.revisions import TemplateFacts
 from virtfleet.kube.client import (
     CONTROLLER_REVISIONS,
     NODES,
+    PODS,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINE_POOLS,
     VIRTUAL_MACHINES,
     VM_TEMPLATES,
 )
-from virtfleet.kube.facts import member_of, placed_of
+from virtfleet.kube.facts import LAUNCHER, member_of, other_pod_of, placed_of
 from virtfleet.kube.revisions import revision_of
 from virtfleet.kube.runtime import Runtime
 
@@ -68,6 +69,21 @@ async def vmi_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Mem
 async def nodes(body: kopf.Body, **_: Any) -> Any:
     """Node facts: allocatable, labels, readiness, NUMA cells."""
     return {None: NodeFacts.from_node(body)}
+
+
+@kopf.index(*PODS.gvr)
+async def other_pods(body: kopf.Body, **_: Any) -> Any:
+    """Node -> requests of its pods that are not VMs: the scheduler counts them, so capacity must too."""
+    found = other_pod_of(body)
+    return {found[0]: found[1]} if found is not None else {}
+
+
+@kopf.on.event(*PODS.gvr, when=lambda labels, **_: labels.get(LAUNCHER[0]) != LAUNCHER[1])
+async def other_pod_changed(memo: kopf.Memo, **_: Any) -> None:
+    """A non-VM pod bound, resized or gone changes what pools waiting for room can create."""
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        runtime.wake_capacity_waiters()
 
 
 @kopf.on.event(*NODES.gvr)

@@ -3,6 +3,7 @@ indexes that tell it about its migrations and cold moves."""
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import kopf
@@ -10,6 +11,8 @@ import kopf
 from virtfleet import metrics
 from virtfleet.api.labels import COLD_MOVE_ANNOTATION, PLAN_LABEL
 from virtfleet.api.migrationplan import PlanPhase
+from virtfleet.core.capacity import with_other_pods
+from virtfleet.core.plan_executor import observed_setup_s
 from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
 from virtfleet.kube.client import MIGRATION_PLANS, MIGRATIONS, VIRTUAL_MACHINES
 from virtfleet.kube.facts import attempt_of, cold_move_of, in_flight_of
@@ -68,12 +71,16 @@ async def plan_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.delete(*MIGRATION_PLANS.gvr)
-async def plan_deleted(namespace: str | None, uid: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def plan_deleted(
+    namespace: str | None, name: str, uid: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+) -> None:
     """Remove what the garbage collector cannot (the cluster-scoped MigrationPolicy) and start VMs
     stopped for a cold move; migrations go with the plan by owner reference."""
     runtime: Runtime = memo["runtime"]
     moves = list(kwargs["cold_moves"].get(uid, ()))
-    await delete_plan_objects(runtime.kube, namespace or "", uid, moves, runtime.now())
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    uncordon = list(status.get("cordonedNodes") or []) if spec.get("uncordonWhenDone") else []
+    await delete_plan_objects(runtime.kube, namespace or "", uid, moves, runtime.now(), name, uncordon)
     runtime.forget_plan(uid)
 
 
@@ -123,7 +130,7 @@ async def _reconcile(
         spec=dict(body.get("spec") or {}),
         status=status,
         placements=list(indexes["placements"].get(None, ())),
-        nodes=list(indexes["nodes"].get(None, ())),
+        nodes=with_other_pods(indexes["nodes"].get(None, ()), indexes["other_pods"]),
         pool_ratios={
             pool: ratios
             for (ns, pool), values in indexes["pool_ratios"].items()
@@ -133,6 +140,10 @@ async def _reconcile(
         attempts=list(indexes["plan_migrations"].get(uid, ())),
         cold_moves=list(indexes["cold_moves"].get(uid, ())),
         in_flight=list(indexes["migrations_in_flight"].get(None, ())),
+        # Only a plan not yet frozen is estimated: the other plans' migrations are read only then.
+        setup_s=None
+        if status.get("startedAt")
+        else observed_setup_s(chain.from_iterable(indexes["plan_migrations"].values())),
     )
     outcome = await measured(KIND, logger, reconcile_plan(runtime, inputs))
     if outcome is None:

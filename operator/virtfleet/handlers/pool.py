@@ -7,6 +7,7 @@ from typing import Any
 import kopf
 
 from virtfleet import metrics
+from virtfleet.core.capacity import with_other_pods
 from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS
 from virtfleet.kube.pools import PoolInputs, reconcile_pool
@@ -42,6 +43,7 @@ async def pool_worker(
     pool_members: kopf.Index[Any, Any] = kwargs["pool_members"]
     placements: kopf.Index[Any, Any] = kwargs["placements"]
     nodes: kopf.Index[Any, Any] = kwargs["nodes"]
+    other_pods: kopf.Index[Any, Any] = kwargs["other_pods"]
     templates: kopf.Index[Any, Any] = kwargs["templates"]
     revisions: kopf.Index[Any, Any] = kwargs["revisions"]
     pools_by_template: kopf.Index[Any, Any] = kwargs["pools_by_template"]
@@ -60,7 +62,7 @@ async def pool_worker(
             revisions=list(revisions.get((namespace, template_name), ())),
             members=list(pool_members.get(key, ())),
             placements=list(placements.get(None, ())),
-            nodes=list(nodes.get(None, ())),
+            nodes=with_other_pods(nodes.get(None, ()), other_pods),
         )
         outcome = await measured(KIND, logger, reconcile_pool(runtime, inputs))
         if outcome is None:

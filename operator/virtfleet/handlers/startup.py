@@ -8,7 +8,9 @@ from typing import Any
 import kopf
 
 from virtfleet import metrics
+from virtfleet.core.capacity import with_other_pods
 from virtfleet.kube.client import Kube
+from virtfleet.kube.discovery import discover_kubevirt
 from virtfleet.kube.runtime import Runtime
 from virtfleet.settings import Settings
 
@@ -33,7 +35,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
     settings.networking.request_timeout = 60
     kube = await Kube.connect(field_manager=config.field_manager, pool_size=64)
     kube.on_response = lambda verb, code: metrics.API_REQUESTS.labels(verb, str(code)).inc()
-    memo["runtime"] = Runtime(kube, config)
+    kubevirt = await discover_kubevirt(kube)
+    metrics.KUBEVIRT_INFO.labels(kubevirt.version, str(kubevirt.max_downtime_supported).lower()).set(1)
+    memo["runtime"] = Runtime(kube, config, kubevirt=kubevirt)
     _register_fleet_metrics(indexes)
     metrics.serve(config.metrics_port)
 
@@ -44,7 +48,7 @@ def _register_fleet_metrics(indexes: dict[str, Any]) -> None:
     revisions, pools_by_template = indexes["revisions"], indexes["pools_by_template"]
     metrics.register_fleet(
         metrics.FleetCollector(
-            nodes=lambda: list(nodes.get(None, ())),
+            nodes=lambda: with_other_pods(nodes.get(None, ()), indexes["other_pods"]),
             placements=lambda: [(p.requests, p.node) for p in placements.get(None, ())],
             revisions=lambda: [(ns, t, r.digest) for (ns, t), store in revisions.items() for r in store],
             revisions_in_use=lambda: [

@@ -68,6 +68,7 @@ class ResourceRef:
 
 NODES = ResourceRef("", "v1", "nodes", namespaced=False)
 NAMESPACES = ResourceRef("", "v1", "namespaces", namespaced=False)
+PODS = ResourceRef("", "v1", "pods")
 EVENTS = ResourceRef("", "v1", "events")
 CONTROLLER_REVISIONS = ResourceRef("apps", "v1", "controllerrevisions")
 VIRTUAL_MACHINE_POOLS = ResourceRef("virtfleet.io", "v1alpha1", "virtualmachinepools")

@@ -21,6 +21,7 @@ from virtfleet.api.labels import (
     VM_ANNOTATION,
 )
 from virtfleet.api.migrationplan import ColdStage
+from virtfleet.api.quantity import QuantityError, parse_bytes, parse_millicores
 from virtfleet.core import plan_executor
 from virtfleet.core.capacity import Placed
 from virtfleet.core.kubevirt import SpecError, launcher_requests
@@ -28,12 +29,67 @@ from virtfleet.core.plan_executor import Attempt, ColdMove
 from virtfleet.core.pools import Member
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# virt-launcher pods are the VMIs themselves, counted from the VMI (placed_of) before their pod exists.
+LAUNCHER = ("kubevirt.io", "virt-launcher")
+POD_DONE = ("Succeeded", "Failed")
 
 
 def parse_time(text: str | None) -> datetime:
     if not text:
         return EPOCH
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def other_pod_of(body: Mapping[str, Any]) -> tuple[str, tuple[int, int]] | None:
+    """(node, (cpu millicores, memory bytes)) a bound pod that is not a VM requests, as kube-scheduler
+    counts it; None for VMs' launcher pods, pods not bound or finished, and pods that request nothing."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    node = spec.get("nodeName")
+    if not node or (meta.get("labels") or {}).get(LAUNCHER[0]) == LAUNCHER[1]:
+        return None
+    if (body.get("status") or {}).get("phase") in POD_DONE:
+        return None
+    cpu, memory = pod_requests(spec)
+    return (str(node), (cpu, memory)) if cpu or memory else None
+
+
+def pod_requests(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """A pod's effective requests: its containers and sidecars, or its largest init step if larger, plus
+    its runtime overhead; pod-level resources win where set (Kubernetes' PodRequests)."""
+    pod_level = _requests((spec.get("resources") or {}).get("requests") or {})
+    app = [0, 0]
+    for container in spec.get("containers") or []:
+        app = _add(app, _container_requests(container))
+    sidecars, init_peak = [0, 0], [0, 0]
+    for container in spec.get("initContainers") or []:
+        needs = _container_requests(container)
+        if container.get("restartPolicy") == "Always":
+            sidecars = _add(sidecars, needs)
+        else:
+            init_peak = [max(a, b) for a, b in zip(init_peak, _add(sidecars, needs), strict=True)]
+    effective = [max(a, b) for a, b in zip(_add(app, sidecars), init_peak, strict=True)]
+    effective = [level or own for level, own in zip(pod_level, effective, strict=True)]
+    cpu, memory = _add(effective, _requests(spec.get("overhead") or {}))
+    return cpu, memory
+
+
+def _container_requests(container: Mapping[str, Any]) -> list[int]:
+    return _requests((container.get("resources") or {}).get("requests") or {})
+
+
+def _requests(requests: Mapping[str, Any]) -> list[int]:
+    try:
+        return [
+            parse_millicores(str(requests.get("cpu", "0"))),
+            parse_bytes(str(requests.get("memory", "0"))),
+        ]
+    except QuantityError:
+        return [0, 0]  # the API server validated it; a form we cannot read counts as nothing, not a crash
+
+
+def _add(a: list[int], b: list[int]) -> list[int]:
+    return [x + y for x, y in zip(a, b, strict=True)]
 
 
 def member_of(body: Mapping[str, Any]) -> Member | None:
@@ -128,6 +184,7 @@ def attempt_of(body: Mapping[str, Any]) -> Attempt | None:
         phase=phase,
         created=parse_time(meta.get("creationTimestamp")),
         started=stamps.get("Scheduling"),
+        copying=stamps.get("Running"),
         finished=stamps.get(phase) if phase in plan_executor.VMIM_DONE else None,
         failure=str(migration.get("failureReason") or ("the migration failed" if phase == "Failed" else "")),
         deleting=bool(meta.get("deletionTimestamp")),

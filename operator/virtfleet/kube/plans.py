@@ -52,6 +52,7 @@ from virtfleet.kube.client import (
     Kube,
     NotFound,
 )
+from virtfleet.kube.discovery import discover_kubevirt
 from virtfleet.kube.runtime import Runtime
 
 __all__ = ["PlanInputs", "PlanOutcome", "delete_plan_objects", "reconcile_plan"]
@@ -83,11 +84,20 @@ async def reconcile_plan(runtime: Runtime, inputs: PlanInputs) -> PlanOutcome:
         return outcome
     if status.get("phase") in plan_executor.PLAN_TERMINAL:
         desired = MigrationPlanStatus(observed_generation=inputs.generation)
+        late = plans.late_failure_reasons(status, inputs.attempts)
+        if late is not None:
+            desired = MigrationPlanStatus(observed_generation=inputs.generation, vms=late)
         await _write_status(runtime, inputs, status, _patch(desired, status), outcome)
         return outcome
     if not status.get("startedAt"):
         plan = build_plan(
-            spec, inputs.namespace, list(inputs.placements), list(inputs.nodes), inputs.pool_ratios
+            spec,
+            inputs.namespace,
+            list(inputs.placements),
+            list(inputs.nodes),
+            inputs.pool_ratios,
+            runtime.kubevirt,
+            inputs.setup_s,
         )
         decision = plans.before_start(spec, plan, status, inputs.generation, now)
         outcome.wake_at = decision.wake_at
@@ -114,7 +124,7 @@ async def _start(
     policy = ""
     live = [move.vm.split("/", 1)[1] for move in plan.moves if move.method == "live"]
     if live:
-        policy = await _ensure_policy(runtime.kube, spec, inputs)
+        policy = await _ensure_policy(runtime, spec, inputs)
         await label_plan_vmis(runtime.kube, inputs, live)
     desired = plans.started_status(spec, plan, status, inputs.generation, now, policy, cordoned)
     outcome.events.append(plans.started_event(plan))
@@ -319,20 +329,33 @@ async def _finish_cold_move(kube: Kube, inputs: PlanInputs, action: FinishColdMo
     await _cold_update(kube, inputs, action.vm, str(record.get("runStrategy") or "Always"), True, **changes)
 
 
-async def _ensure_policy(kube: Kube, spec: MigrationPlanSpec, inputs: PlanInputs) -> str:
-    body = objects.migration_policy(spec, inputs)
-    await kube.apply(MIGRATION_POLICIES, None, body["metadata"]["name"], body)
+async def _ensure_policy(runtime: Runtime, spec: MigrationPlanSpec, inputs: PlanInputs) -> str:
+    # KubeVirt can be upgraded, downgraded or reinstalled under a running operator (seen on kind: v1.9's
+    # CRDs at the operator's start, v1.7's a minute later): read what its MigrationPolicy serves now.
+    runtime.kubevirt = await discover_kubevirt(runtime.kube)
+    body = objects.migration_policy(spec, inputs, runtime.kubevirt)
+    await runtime.kube.apply(MIGRATION_POLICIES, None, body["metadata"]["name"], body)
     return str(body["metadata"]["name"])
 
 
 async def delete_plan_objects(
-    kube: Kube, namespace: str, uid: str, cold_moves: Sequence[ColdMove], now: datetime
+    kube: Kube,
+    namespace: str,
+    uid: str,
+    cold_moves: Sequence[ColdMove],
+    now: datetime,
+    name: str = "",
+    uncordon: Sequence[str] = (),
 ) -> None:
     """A deleted plan: its MigrationPolicy goes (cluster-scoped, so not by owner reference), VMs in a cold
-    move start again, VMIs lose the plan's label. Migrations go by owner reference (garbage collector)."""
+    move start again, VMIs lose the plan's label, and the nodes it cordoned are uncordoned if it was to do
+    so when done (a plan deleted mid-drain, or with its namespace, left them cordoned). Migrations go by
+    owner reference (garbage collector)."""
     with contextlib.suppress(NotFound):
         await kube.delete(MIGRATION_POLICIES, None, objects.policy_name(uid))
-    inputs = PlanInputs(namespace, "", uid, 0, {}, {})
+    inputs = PlanInputs(namespace, name, uid, 0, {}, {})
+    if uncordon:
+        await _uncordon(kube, inputs, uncordon, PlanOutcome())
     for move in cold_moves:
         if move.stage in (ColdStage.STOPPING, ColdStage.STARTING):
             with contextlib.suppress(NotFound):

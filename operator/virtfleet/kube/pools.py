@@ -11,7 +11,7 @@ from typing import Any
 
 from virtfleet.api import reasons
 from virtfleet.core.pools import Defaults, Member, PoolInputs, PoolPlan, Rendering, decide
-from virtfleet.core.render import render_vm, vm_name
+from virtfleet.core.render import live_update_patch, render_vm, vm_name
 from virtfleet.core.status import differing, wire
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException, Conflict, NotFound
 from virtfleet.kube.runtime import EXPECTATION_TTL, PoolKey, Runtime
@@ -121,7 +121,7 @@ async def _execute(
     async def live_update(member: Member) -> None:
         vm = render_vm(context, tname, digest, template, member.ordinal)
         async with semaphore:
-            await kube.apply(VIRTUAL_MACHINES, inputs.namespace, member.name, vm)
+            await kube.patch(VIRTUAL_MACHINES, inputs.namespace, member.name, live_update_patch(vm))
         outcome.events.append(
             (
                 "Normal",

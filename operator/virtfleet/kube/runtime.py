@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from virtfleet.core.kubevirt_api import FULL_KUBEVIRT_API, KubeVirtAPI
 from virtfleet.core.plan_executor import Attempt, ColdMove
 from virtfleet.kube.client import Kube
 from virtfleet.settings import Settings
@@ -44,6 +45,7 @@ class Expectations:
 class Runtime:
     kube: Kube
     settings: Settings
+    kubevirt: KubeVirtAPI = FULL_KUBEVIRT_API  # replaced by what start-up discovers (kube.facts)
     triggers: dict[PoolKey, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     expectations: dict[PoolKey, Expectations] = field(default_factory=lambda: defaultdict(Expectations))
     waiting_for_capacity: set[PoolKey] = field(default_factory=set)

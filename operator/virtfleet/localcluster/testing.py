@@ -22,7 +22,7 @@ from virtfleet.localcluster.cluster import ControlPlaneError, LocalCluster, free
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO / "crds"
-KUBEVIRT_CRDS = REPO / "e2e" / "kubevirt-crds"
+KUBEVIRT_CRDS = REPO / "e2e" / "kubevirt-crds" / "v1.9.0"
 
 
 @dataclass(frozen=True)

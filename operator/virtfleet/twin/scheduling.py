@@ -171,8 +171,8 @@ class ClusterState:
         self.placements[placement.pod.key] = placement
         usage = self._usage[placement.node]
         requests = placement.pod.requests
-        usage.cpu_millis += requests.cpu_millis
-        usage.memory += requests.memory_bytes
+        usage.cpu_millis += requests.pod_cpu_millis
+        usage.memory += requests.pod_memory_bytes
         usage.hugepages_2mi += requests.hugepages_2mi_bytes
         usage.hugepages_1gi += requests.hugepages_1gi_bytes
         usage.pinned.update(placement.cpuset)
@@ -187,8 +187,8 @@ class ClusterState:
             return None
         usage = self._usage[placement.node]
         requests = placement.pod.requests
-        usage.cpu_millis -= requests.cpu_millis
-        usage.memory -= requests.memory_bytes
+        usage.cpu_millis -= requests.pod_cpu_millis
+        usage.memory -= requests.pod_memory_bytes
         usage.hugepages_2mi -= requests.hugepages_2mi_bytes
         usage.hugepages_1gi -= requests.hugepages_1gi_bytes
         usage.pinned.difference_update(placement.cpuset)
@@ -246,9 +246,9 @@ class ClusterState:
             return "node(s) didn't match Pod's node affinity/selector"
         usage = self._usage[node.name]
         requests = pod.requests
-        if usage.cpu_millis + requests.cpu_millis > node.cpu_millis:
+        if usage.cpu_millis + requests.pod_cpu_millis > node.cpu_millis:
             return "Insufficient cpu"
-        if usage.memory + requests.memory_bytes > node.memory:
+        if usage.memory + requests.pod_memory_bytes > node.memory:
             return "Insufficient memory"
         if usage.hugepages_2mi + requests.hugepages_2mi_bytes > node.hugepages_2mi:
             return "Insufficient hugepages-2Mi"
@@ -299,8 +299,10 @@ class ClusterState:
 
     def _score(self, pod: PodView, node: NodeInfo) -> float:
         usage = self._usage[node.name]
-        cpu_free = (node.cpu_millis - usage.cpu_millis - pod.requests.cpu_millis) / max(node.cpu_millis, 1)
-        memory_free = (node.memory - usage.memory - pod.requests.memory_bytes) / max(node.memory, 1)
+        cpu_free = (node.cpu_millis - usage.cpu_millis - pod.requests.pod_cpu_millis) / max(
+            node.cpu_millis, 1
+        )
+        memory_free = (node.memory - usage.memory - pod.requests.pod_memory_bytes) / max(node.memory, 1)
         return (cpu_free + memory_free) / 2
 
     def _inter_pod(self, pod: PodView, node: NodeInfo) -> str:

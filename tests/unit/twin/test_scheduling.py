@@ -46,9 +46,58 @@ def _fill(state: ClusterState, spec: dict[str, Any], limit: int = 1000, **kw: An
 def test_shared_cpu_requests_follow_the_allocation_ratio() -> None:
     requests = launcher_requests(_spec({"sockets": 2, "cores": 2}, "4Gi"), 10)
     assert requests.cpu_millis == 400 and requests.vcpus == 4
-    assert requests.memory_bytes == 4 * GIB + memory_overhead(4, 4 * GIB)
+    assert requests.memory_bytes == 4 * GIB + memory_overhead(4, 0)
     explicit = launcher_requests(_spec(domain={"resources": {"requests": {"cpu": "1500m", "memory": "1Gi"}}}))
-    assert explicit.cpu_millis == 1500 and explicit.memory_bytes == GIB + memory_overhead(2, 2 * GIB)
+    assert explicit.cpu_millis == 1500 and explicit.memory_bytes == GIB + memory_overhead(2, GIB)
+
+
+def test_overhead_is_kubevirt_1_7s_formula() -> None:
+    # A 1-vCPU, 1Gi VM: page tables ceil(1 GiB in kB) x 1000 / 512 = 2,097,152 bytes, then 220 MiB fixed,
+    # 8 MiB per vCPU, 8 MiB IOThread and 32 MiB graphics: 270 MiB, as virt-controller v1.7.0 renders it.
+    assert memory_overhead(1, GIB) == 270 * MIB
+    assert memory_overhead(1, GIB, graphics=False) == 238 * MIB
+    assert memory_overhead(1, GIB, guaranteed=True) == 370 * MIB
+    # Page tables follow the memory request, not the guest: overcommitted memory costs less.
+    assert memory_overhead(4, 8 * GIB) - memory_overhead(4, 2 * GIB) == (8 * GIB - 2 * GIB) // 512
+
+
+@pytest.mark.parametrize(
+    ("domain", "cpu_millis", "memory_bytes"),
+    [
+        # Read off real virt-launcher pods of KubeVirt v1.7.0 (the kind cluster, hack/kubevirt): the compute
+        # container's requests for each VMI spec.
+        ({"cpu": {"sockets": 1, "cores": 2, "threads": 1}, "memory": {"guest": "1Gi"}}, 200, 1300 * MIB),
+        (
+            {
+                "cpu": {"sockets": 1, "cores": 2, "threads": 1},
+                "memory": {"guest": "1Gi"},
+                "resources": {"requests": {"memory": "700Mi", "cpu": "250m"}},
+            },
+            250,
+            1_024_843_777,
+        ),
+        (
+            {
+                "cpu": {"sockets": 1, "cores": 1, "threads": 1, "maxSockets": 2},
+                "memory": {"guest": "1Gi", "maxGuest": "2Gi"},
+            },
+            100,
+            1292 * MIB,
+        ),
+    ],
+)
+def test_requests_match_real_launcher_pods(
+    domain: dict[str, Any], cpu_millis: int, memory_bytes: int
+) -> None:
+    requests = launcher_requests({"domain": domain}, 10)
+    assert (requests.cpu_millis, requests.memory_bytes) == (cpu_millis, memory_bytes)
+
+
+def test_guaranteed_qos_adds_kubevirts_extra_overhead() -> None:
+    resources = {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
+    guaranteed = launcher_requests(_spec(domain={"resources": resources}))
+    burstable = launcher_requests(_spec(domain={"resources": {"requests": resources["requests"]}}))
+    assert guaranteed.memory_bytes - burstable.memory_bytes == 100 * MIB
 
 
 def test_dedicated_cpus_are_whole_cores_plus_the_emulator_thread() -> None:
@@ -63,11 +112,12 @@ def test_hugepages_move_guest_memory_out_of_the_memory_request() -> None:
         _spec(memory="4Gi", domain={"memory": {"guest": "4Gi", "hugepages": {"pageSize": "1Gi"}}})
     )
     assert requests.hugepages_1gi_bytes == 4 * GIB
-    assert requests.memory_bytes == memory_overhead(2, 4 * GIB)
+    assert requests.memory_bytes == memory_overhead(2, 0)
 
 
 def test_fills_a_node_exactly_to_its_memory_and_not_one_more() -> None:
-    per_vm = 2 * GIB + memory_overhead(2, 2 * GIB)
+    per_vm = 2 * GIB + memory_overhead(2, 0) + 35_000_000  # compute, and guest-console-log's 35M
+    assert per_vm == launcher_requests(_spec()).pod_memory_bytes
     state = _cluster(memory=f"{per_vm * 7}", cpu=64)
     placed = _fill(state, _spec())
     assert len(placed) == 7
@@ -77,8 +127,8 @@ def test_fills_a_node_exactly_to_its_memory_and_not_one_more() -> None:
 
 
 def test_fills_cpu_by_the_allocation_ratio() -> None:
-    state = _cluster(cpu=2, memory="1Ti")  # 2000m, 200m per 2-vCPU VM at ratio 10
-    assert len(_fill(state, _spec())) == 10
+    state = _cluster(cpu=2, memory="1Ti")  # 2000m; 200m per 2-vCPU VM at ratio 10, +5m guest-console-log
+    assert len(_fill(state, _spec())) == 9
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,161 @@
+"""Helpers of the e2e suite on real KubeVirt (e2e/kubevirt): VMIs, their virt-launcher pods, and what the
+guest itself reports on its serial console."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kind_helpers import apply, get, items, wait_for
+
+from virtfleet.localcluster.testing import SessionCluster
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+# The guest image (hack/kubevirt/images/guest) prints this every 2 s on its serial console.
+GUEST_LINE = re.compile(r"virtfleet-guest uptime=([\d.]+) cpus=(\d+) mem_kib=(\d+) ip=(\S+)")
+BOOT_TIMEOUT = 600  # software emulation on two shared cores: minutes, not seconds, when many boot at once
+
+
+@dataclass(frozen=True)
+class GuestReport:
+    """One line the guest printed: its own view of itself."""
+
+    uptime_s: float
+    cpus: int
+    mem_kib: int
+    ip: str
+
+
+def example(path: str, namespace: str, guest_image: str) -> list[dict[str, Any]]:
+    """An example's objects as they are, moved into the test's namespace, with the guest image swapped in
+    when the suite has one (VIRTFLEET_E2E_GUEST_IMAGE)."""
+    objects = [o for o in yaml.safe_load_all((EXAMPLES / path).read_text()) if o]
+    return [with_guest_image(o, guest_image, namespace) for o in objects]
+
+
+def with_guest_image(obj: dict[str, Any], image: str, namespace: str) -> dict[str, Any]:
+    moved = copy.deepcopy(obj)
+    moved["metadata"]["namespace"] = namespace
+    if image and moved["kind"] == "VMTemplate":
+        for disk in moved["spec"].get("disks", []):
+            if "containerImage" in disk.get("source", {}):
+                disk["source"]["containerImage"] = image
+    return moved
+
+
+def elastic(namespace: str, image: str, sockets: int = 1, guest: str = "1Gi") -> dict[str, Any]:
+    """A hot-pluggable template: vCPU sockets up to 2, guest memory up to 2Gi."""
+    return {
+        "apiVersion": "virtfleet.io/v1alpha1",
+        "kind": "VMTemplate",
+        "metadata": {"name": "elastic", "namespace": namespace},
+        "spec": {
+            "cpu": {"sockets": sockets, "cores": 1, "threads": 1, "policy": "shared", "maxSockets": 2},
+            "memory": {"guest": guest, "maxGuest": "2Gi"},
+            "disks": [
+                {"name": "root", "source": {"containerImage": image or "quay.io/containerdisks/fedora:40"}}
+            ],
+            "interfaces": [{"name": "default", "type": "nat"}],
+        },
+    }
+
+
+def fixed(namespace: str, image: str, guest: str = "256Mi") -> dict[str, Any]:
+    """The same template without hot-plug maxima: 1 vCPU and `guest` of memory, for its whole life."""
+    template = elastic(namespace, image, guest=guest)
+    template["spec"]["cpu"].pop("maxSockets")
+    template["spec"]["memory"].pop("maxGuest")
+    return template
+
+
+def small_fleet(cluster: SessionCluster, namespace: str, image: str, replicas: int) -> list[dict[str, Any]]:
+    """A pool `elastic` of small fixed guests at cpuRatio 8, once all of them run."""
+    pool = {
+        "apiVersion": "virtfleet.io/v1alpha1",
+        "kind": "VirtualMachinePool",
+        "metadata": {"name": "elastic", "namespace": namespace},
+        "spec": {"replicas": replicas, "templateRef": {"name": "elastic"}, "cpuRatio": 8},
+    }
+    apply(cluster, fixed(namespace, image), pool)
+    return running_vmis(cluster, namespace, "elastic", replicas)
+
+
+def vmis(cluster: SessionCluster, namespace: str, *selector: str) -> list[dict[str, Any]]:
+    return items(cluster, "virtualmachineinstances.kubevirt.io", namespace, *selector)
+
+
+def running_vmis(cluster: SessionCluster, namespace: str, pool: str, count: int) -> list[dict[str, Any]]:
+    """The pool's VMIs once `count` of them run in a Running virt-launcher pod."""
+
+    def probe() -> list[dict[str, Any]] | None:
+        found = vmis(cluster, namespace, "-l", f"virtfleet.io/pool={pool}")
+        running = [v for v in found if v.get("status", {}).get("phase") == "Running"]
+        if len(running) == count == len(found) and all(launcher_pod(cluster, v) for v in running):
+            return running
+        return None
+
+    return wait_for(probe, BOOT_TIMEOUT, f"pool {namespace}/{pool} never had {count} Running VMIs", 2)
+
+
+def launcher_pod(cluster: SessionCluster, vmi: dict[str, Any]) -> dict[str, Any] | None:
+    """The Running virt-launcher pod that hosts the VMI now (during a migration there are two)."""
+    namespace, node = vmi["metadata"]["namespace"], vmi.get("status", {}).get("nodeName")
+    pods = items(cluster, "pods", namespace, "-l", f"kubevirt.io/created-by={vmi['metadata']['uid']}")
+    for pod in pods:
+        if pod["spec"].get("nodeName") == node and pod["status"].get("phase") == "Running":
+            return pod
+    return None
+
+
+def guest_reports(cluster: SessionCluster, pod: dict[str, Any]) -> list[GuestReport]:
+    """Everything the guest printed on its serial console while this launcher pod hosted it."""
+    logs = cluster.kubectl(
+        "-n",
+        pod["metadata"]["namespace"],
+        "logs",
+        pod["metadata"]["name"],
+        "-c",
+        "guest-console-log",
+        check=False,
+    ).stdout
+    return [
+        GuestReport(float(m[1]), int(m[2]), int(m[3]), m[4])
+        for m in (GUEST_LINE.search(line) for line in logs.splitlines())
+        if m
+    ]
+
+
+def guest_now(
+    cluster: SessionCluster, namespace: str, name: str, timeout: float = BOOT_TIMEOUT
+) -> GuestReport:
+    """The guest's latest report, from whichever launcher pod hosts it now."""
+
+    def probe() -> GuestReport | None:
+        vmi = get(cluster, "virtualmachineinstances.kubevirt.io", name, namespace)
+        pod = launcher_pod(cluster, vmi)
+        reports = guest_reports(cluster, pod) if pod else []
+        return reports[-1] if reports else None
+
+    return wait_for(probe, timeout, f"guest {namespace}/{name} printed nothing on its serial console", 2)
+
+
+def compute_requests(pod: dict[str, Any]) -> tuple[str, str]:
+    """The compute container's (cpu, memory) requests: what virt-controller rendered for the VMI."""
+    compute = next(c for c in pod["spec"]["containers"] if c["name"] == "compute")
+    requests = compute["resources"]["requests"]
+    return str(requests["cpu"]), str(requests["memory"])
+
+
+def kubevirt_cr(cluster: SessionCluster) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "kubevirts.kubevirt.io", "-A", "-o", "json").stdout
+    )
+    assert found["items"], "no KubeVirt CR: install KubeVirt first (make kubevirt-up)"
+    cr: dict[str, Any] = found["items"][0]
+    return cr
