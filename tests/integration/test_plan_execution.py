@@ -204,14 +204,13 @@ def test_drain_50_vms_under_limits_with_estimates(cluster: LocalCluster, namespa
     assert p90 <= 2.0  # simulated seconds; a migration takes about 4
     assert mean >= 0.75 * 2
 
-    # Estimates within 20 % of the durations the twin took. The twin's simulated clock runs 5x real time,
-    # so a CPU stall of 100 ms in the twin (a busy machine) stretches one migration by half a second: the
-    # check holds for 90 % of the VMs and the median, and the worst is printed.
+    # Every estimate within 20 % of the duration the twin took. The twin stamps each phase when its model
+    # says it happened, so a busy machine (its clock runs 5x real time: a 100 ms stall of its event loop
+    # would be half a simulated second) does not stretch what the operator reads.
     errors = sorted(abs(v["actualDurationSeconds"] - v["estimatedDurationSeconds"]) / v["estimatedDurationSeconds"]
                     for v in status["vms"])  # fmt: skip
-    p90_error, median_error = errors[int(0.9 * (len(errors) - 1))], errors[len(errors) // 2]
-    print(f"estimate error: median {median_error:.1%}, p90 {p90_error:.1%}, max {errors[-1]:.1%}")
-    assert p90_error <= 0.2 and median_error <= 0.15
+    print(f"estimate error: median {errors[len(errors) // 2]:.1%}, max {errors[-1]:.1%}")
+    assert errors[-1] <= 0.2
 
     # uncordonWhenDone: the node is schedulable again; deleting the plan removes its policy.
     wait_for(lambda: not cordoned(), 30, "the node was never uncordoned")

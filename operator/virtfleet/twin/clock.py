@@ -22,7 +22,11 @@ class Clock:
         return (time.monotonic() - self._origin) / self.time_scale
 
     def now(self) -> datetime:
-        return self._epoch + timedelta(seconds=self.seconds())
+        return self.at(self.seconds())
+
+    def at(self, simulated_seconds: float) -> datetime:
+        """The moment `simulated_seconds` after the clock started."""
+        return self._epoch + timedelta(seconds=simulated_seconds)
 
     def stamp(self, at: datetime | None = None) -> str:
         """RFC 3339 with microseconds, so scaled-down steps stay distinguishable."""

@@ -616,8 +616,15 @@ class Twin:
             outbound[source] = outbound.get(source, 0) + 1
 
     async def _set_migration_phase(
-        self, key: str, phase: str, failure: str = "", migration_state: JSON | None = None
+        self,
+        key: str,
+        phase: str,
+        failure: str = "",
+        migration_state: JSON | None = None,
+        at: float | None = None,
     ) -> None:
+        """`at` (simulated seconds) stamps the transition when the model says it happened, not when a busy
+        event loop got to it: a stall of the host must not show up as a slower KubeVirt."""
         vmim = self.vmims.get(key)
         if vmim is None:
             return
@@ -625,7 +632,10 @@ class Twin:
         status = vmim.get("status") or {}
         transitions = [
             *status.get("phaseTransitionTimestamps", []),
-            {"phase": phase, "phaseTransitionTimestamp": self.clock.stamp()},
+            {
+                "phase": phase,
+                "phaseTransitionTimestamp": self.clock.stamp(None if at is None else self.clock.at(at)),
+            },
         ]
         body: JSON = {"phase": phase, "phaseTransitionTimestamps": transitions}
         if migration_state is not None:
@@ -722,7 +732,8 @@ class Twin:
             inputs, policy_name = self._inputs(vmi, run.source)
             added = (vmim.get("spec") or {}).get("addedNodeSelector") or {}
             pod = self._pod(vmi_key, vmi, "@target", added)
-            await self._set_migration_phase(key, "Scheduling")
+            scheduling_at = self.clock.seconds()
+            await self._set_migration_phase(key, "Scheduling", at=scheduling_at)
             if fail_at == "Scheduling":
                 raise InjectedFailureError("Scheduling")
             waited = 0.0
@@ -738,21 +749,23 @@ class Twin:
             assert pod is not None
             run.target = decision.node
             self.state.place(Placement(pod, decision.node, decision.cpuset, decision.cell))
-            # Follow the planned timeline from the moment scheduling succeeded, so time spent writing
-            # does not stretch the set-up beyond the model.
-            setup_started = self.clock.seconds()
+            # Follow the planned timeline from the moment scheduling succeeded (the first try, unless the
+            # twin really waited for room), so neither time spent writing nor a stalled event loop
+            # stretches the set-up or the copy beyond the model.
+            setup_started = scheduling_at + waited
             step = inputs.setup_s / (len(SETUP_PHASES) + 1)
             for index, phase in enumerate(SETUP_PHASES, start=1):
                 await self.clock.sleep(setup_started + index * step - self.clock.seconds())
                 if fail_at == phase:
                     raise InjectedFailureError(phase)
-                await self._set_migration_phase(key, phase)
-            await self.clock.sleep(setup_started + inputs.setup_s - self.clock.seconds())
+                await self._set_migration_phase(key, phase, at=setup_started + index * step)
+            running_at = setup_started + inputs.setup_s
+            await self.clock.sleep(running_at - self.clock.seconds())
             estimate = precopy.estimate(precopy.MigrationInputs(**{**inputs.__dict__, "setup_s": 0.0}))
             migration_state = {
                 "sourceNode": run.source,
                 "targetNode": run.target,
-                "startTimestamp": self.clock.stamp(),
+                "startTimestamp": self.clock.stamp(self.clock.at(running_at)),
                 "mode": "PreCopy",
                 "migrationUid": vmim["metadata"].get("uid", ""),
                 "targetPod": f"virt-launcher-{vmi['metadata']['name']}-target",
@@ -762,23 +775,25 @@ class Twin:
             }
             if policy_name:
                 migration_state["migrationPolicyName"] = policy_name
-            await self._set_migration_phase(key, "Running", migration_state=migration_state)
+            await self._set_migration_phase(key, "Running", migration_state=migration_state, at=running_at)
             await self._patch_vmi(vmi_key, {"status": {"migrationState": migration_state}})
             if fail_at == "Running":
                 await self.clock.sleep(estimate.duration_s / 2)
                 raise InjectedFailureError("Running")
             if estimate.mode == "PostCopy":
                 # Pre-copy until KubeVirt's completion timeout, then the guest runs on the target.
-                await self.clock.sleep(inputs.completion_timeout_s)
+                await self.clock.sleep(running_at + inputs.completion_timeout_s - self.clock.seconds())
                 migration_state = {**migration_state, "mode": "PostCopy"}
                 await self._patch_vmi(vmi_key, {"status": {"migrationState": migration_state}})
-                await self.clock.sleep(estimate.duration_s - inputs.completion_timeout_s)
+                await self.clock.sleep(running_at + estimate.duration_s - self.clock.seconds())
             else:
-                await self.clock.sleep(estimate.duration_s)
+                await self.clock.sleep(running_at + estimate.duration_s - self.clock.seconds())
             if not estimate.succeeded:
                 raise MigrationFailedError(estimate.failure_reason)
             # Success: the VMI now runs on the target.
-            migration_state = {**migration_state, "completed": True, "endTimestamp": self.clock.stamp()}
+            done_at = running_at + estimate.duration_s
+            ended = self.clock.stamp(self.clock.at(done_at))
+            migration_state = {**migration_state, "completed": True, "endTimestamp": ended}
             self.state.remove(target_key)
             self.state.remove(vmi_key)
             self.state.place(
@@ -801,7 +816,7 @@ class Twin:
             await self._patch_vmi(
                 vmi_key, {"status": {"nodeName": run.target, "migrationState": migration_state}}
             )
-            await self._set_migration_phase(key, "Succeeded", migration_state=migration_state)
+            await self._set_migration_phase(key, "Succeeded", migration_state=migration_state, at=done_at)
             self._requeue_pending()
         except asyncio.CancelledError:
             self.state.remove(target_key)
