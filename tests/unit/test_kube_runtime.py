@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from virtfleet.kube.runtime import EXPECTATION_TTL, Expectations
+from virtfleet.kube.runtime import EXPECTATION_TTL, Expectations, Runtime
+from virtfleet.settings import Settings
 
 
 def test_observed_writes_clear_and_lost_ones_expire() -> None:
@@ -16,3 +17,12 @@ def test_observed_writes_clear_and_lost_ones_expire() -> None:
     assert expectations.deletes == {}
     expectations.expire(now=100.0 + EXPECTATION_TTL + 1)
     assert expectations.creates == {}
+
+
+def test_learned_setup_outlives_the_migrations_it_came_from() -> None:
+    runtime = Runtime(kube=None, settings=Settings())  # type: ignore[arg-type]
+    assert runtime.learn_setup(None) is None  # nothing finished yet: the planner's default applies
+    assert runtime.learn_setup(21.5) == 21.5
+    # The plan that showed it was deleted with its migrations: the next plan still estimates with it.
+    assert runtime.learn_setup(None) == 21.5
+    assert runtime.learn_setup(19.0) == 19.0

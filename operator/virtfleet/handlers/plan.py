@@ -143,7 +143,7 @@ async def _reconcile(
         # Only a plan not yet frozen is estimated: the other plans' migrations are read only then.
         setup_s=None
         if status.get("startedAt")
-        else observed_setup_s(chain.from_iterable(indexes["plan_migrations"].values())),
+        else runtime.learn_setup(observed_setup_s(chain.from_iterable(indexes["plan_migrations"].values()))),
     )
     outcome = await measured(KIND, logger, reconcile_plan(runtime, inputs))
     if outcome is None:
