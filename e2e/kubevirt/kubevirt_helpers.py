@@ -113,9 +113,9 @@ def launcher_pod(cluster: SessionCluster, vmi: dict[str, Any]) -> dict[str, Any]
     return None
 
 
-def guest_reports(cluster: SessionCluster, pod: dict[str, Any]) -> list[GuestReport]:
-    """Everything the guest printed on its serial console while this launcher pod hosted it."""
-    logs = cluster.kubectl(
+def console_log(cluster: SessionCluster, pod: dict[str, Any]) -> tuple[str, str]:
+    """(output, error) of the launcher pod's guest-console-log container: the guest's serial console."""
+    done = cluster.kubectl(
         "-n",
         pod["metadata"]["namespace"],
         "logs",
@@ -123,10 +123,15 @@ def guest_reports(cluster: SessionCluster, pod: dict[str, Any]) -> list[GuestRep
         "-c",
         "guest-console-log",
         check=False,
-    ).stdout
+    )
+    return done.stdout, done.stderr
+
+
+def guest_reports(cluster: SessionCluster, pod: dict[str, Any]) -> list[GuestReport]:
+    """Everything the guest printed on its serial console while this launcher pod hosted it."""
     return [
         GuestReport(float(m[1]), int(m[2]), int(m[3]), m[4])
-        for m in (GUEST_LINE.search(line) for line in logs.splitlines())
+        for m in (GUEST_LINE.search(line) for line in console_log(cluster, pod)[0].splitlines())
         if m
     ]
 
@@ -142,7 +147,21 @@ def guest_now(
         reports = guest_reports(cluster, pod) if pod else []
         return reports[-1] if reports else None
 
-    return wait_for(probe, timeout, f"guest {namespace}/{name} printed nothing on its serial console", 2)
+    try:
+        return wait_for(probe, timeout, f"guest {namespace}/{name} printed nothing on its serial console", 2)
+    except AssertionError as silent:
+        raise AssertionError(f"{silent}\n{console_tail(cluster, namespace, name)}") from None
+
+
+def console_tail(cluster: SessionCluster, namespace: str, name: str, lines: int = 40) -> str:
+    """What a guest that never reported did print, so a failure says where its boot stopped."""
+    vmi = get(cluster, "virtualmachineinstances.kubevirt.io", name, namespace)
+    pod = launcher_pod(cluster, vmi)
+    if pod is None:
+        return f"no Running launcher pod hosts it (VMI phase {vmi.get('status', {}).get('phase')})"
+    output, error = console_log(cluster, pod)
+    tail = "\n".join(output.splitlines()[-lines:])
+    return f"serial console of pod {pod['metadata']['name']} (last {lines} lines):\n{tail}\n{error}".rstrip()
 
 
 def compute_requests(pod: dict[str, Any]) -> tuple[str, str]:

@@ -24,7 +24,8 @@ chmod 0755 initramfs/init initramfs/etc/udhcpc.script initramfs/etc/acpi/power
 cp "$root/boot/vmlinuz-$release" vmlinuz
 # Under software emulation on a loaded host a secondary vCPU's TSC-deadline timer can be lost, and the
 # guest then hangs in boot (RCU stalls: "timer wakeup didn't happen", CPU 1 never wakes): the guest uses
-# the APIC's own timer (lapic=notscdeadline) and a periodic tick (nohz=off) instead.
+# the APIC's own timer (lapic=notscdeadline) and a periodic tick (nohz=off) instead. Not quiet: when a boot
+# stalls, the console (kubectl logs -c guest-console-log, and the e2e failure message) shows where.
 cat > syslinux.cfg <<CFG
 DEFAULT guest
 PROMPT 0
@@ -32,7 +33,7 @@ TIMEOUT 0
 LABEL guest
   KERNEL vmlinuz
   INITRD initrd.img
-  APPEND console=ttyS0 memhp_default_state=online quiet nohz=off lapic=notscdeadline
+  APPEND console=ttyS0 memhp_default_state=online nohz=off lapic=notscdeadline
 CFG
 size_kib=$(( ( $(stat -c %s vmlinuz) + $(stat -c %s initrd.img) ) / 1024 + 4096 ))
 mkfs.fat -n GUEST -C disk.img "$size_kib"
