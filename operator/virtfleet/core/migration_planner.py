@@ -359,6 +359,7 @@ def _schedule(moves: list[Move], limits: Limits, wave_of: Mapping[str, int]) -> 
     wave_left: dict[int, int] = defaultdict(int)
     for move in moves:
         wave_left[wave_of.get(move.vm, 0)] += 1
+    last_wave = max(wave_left, default=0)
     scheduled: list[Move] = []
     now = 0.0
     start_round = 0
@@ -401,7 +402,7 @@ def _schedule(moves: list[Move], limits: Limits, wave_of: Mapping[str, int]) -> 
         scheduled.append(done)
         if wave_of:
             wave_left[done.wave] -= 1
-            while wave_left.get(current_wave, 0) == 0 and current_wave < max(wave_left, default=0):
+            while wave_left.get(current_wave, 0) == 0 and current_wave < last_wave:
                 current_wave += 1
     return sorted(scheduled, key=lambda m: (m.start_s, m.vm))
 
