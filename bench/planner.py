@@ -1,6 +1,7 @@
 """Planner benchmark.
 
-1. Plan 10,000 VMs over 500 nodes (pure code): median of 5 runs, target <= 1 s.
+1. Plan 10,000 VMs over 500 nodes (pure code): median of 5 runs, target <= 1 s. The cost curve: the same
+   plan at 1,000, 10,000 and 100,000 VMs (20 VMs per node), target <= 2 s at 100,000 VMs x 5,000 nodes.
 2. Execute a plan in the twin (simulated KubeVirt) with the real operator process and the real control
    plane: drain 3 nodes of 100 VMs with maxParallel 5 (KubeVirt's own limit is 5 per cluster, 2 per
    source node, so maxParallel binds). Mean concurrency / maxParallel is measured from the migrations'
@@ -60,6 +61,24 @@ def build(vms: int, nodes: int, drain: int, seed: int, goal: str) -> PlanRequest
     return PlanRequest("drain", selection, facts, placed, drain_nodes=drained, limits=limits)  # fmt: skip
 
 
+def planner_curve(sizes: str, goal: str) -> dict[str, dict[str, object]]:
+    """Planner seconds (median of 3) per fleet size, 20 VMs per node, a tenth of the nodes drained."""
+    figures: dict[str, dict[str, object]] = {}
+    for vms in (int(size) for size in sizes.split(",") if size):
+        nodes = max(vms // 20, 1)
+        request = build(vms, nodes, max(nodes // 10, 1), seed=7, goal=goal)
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            plan_migrations(request)
+            timings.append(time.perf_counter() - started)
+        seconds = sorted(timings)[1]
+        print(f"planner cost curve: {vms} VMs over {nodes} nodes in {seconds:.3f}s (median of 3)")
+        target = "<= 2" if vms >= 100_000 else "reported"
+        figures[f"planner_seconds_{vms}_vms"] = {"value": round(seconds, 3), "unit": "s", "target": target}
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vms", type=int, default=10_000)
@@ -69,6 +88,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-execute", action="store_true", help="skip the execution in the twin")
     parser.add_argument("--execute-vms", type=int, default=100)
+    parser.add_argument(
+        "--curve", default="1000,10000,100000", help="fleet sizes (VMs, 20 per node) for the cost curve"
+    )
     args = parser.parse_args()
     request = build(args.vms, args.nodes, args.drain, seed=7, goal=args.goal)
     timings = []
@@ -88,6 +110,7 @@ def main() -> None:
         moving = sum(1 for vm in request.vms if vm.node in request.drain_nodes)
     print(f"{args.vms} VMs over {args.nodes} nodes, goal {args.goal}: {moving} to move, {len(plan.moves)} planned, "
           f"{len(plan.unplaceable)} unplaceable, {plan.waves} start rounds, makespan {plan.makespan_s:.0f}s")  # fmt: skip
+    curve = planner_curve(args.curve, args.goal)
     executed = {} if args.no_execute else execute(args.execute_vms)
     write_results(
         "planner",
@@ -105,6 +128,7 @@ def main() -> None:
                 "target": "reported (the planner's simulated schedule)",
             },
             "plan_makespan_estimate": {"value": round(plan.makespan_s, 1), "unit": "s", "target": "reported"},
+            **curve,
             **executed,
         },
         f"make bench-planner  # bench/planner.py --vms {args.vms} --nodes {args.nodes} --goal {args.goal}"
