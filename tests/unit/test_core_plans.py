@@ -6,11 +6,17 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from virtfleet.api.migrationplan import MigrationPlanSpec, MigrationPlanStatus
+from virtfleet.api.migrationplan import ColdStage, MigrationPlanSpec, MigrationPlanStatus
 from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.kubevirt import launcher_requests
 from virtfleet.core.migration_planner import build_plan
-from virtfleet.core.plan_executor import SETUP_SAMPLES, Attempt, observed_setup_s
+from virtfleet.core.plan_executor import (
+    SETUP_SAMPLES,
+    Attempt,
+    ColdMove,
+    observed_cold_downtime_s,
+    observed_setup_s,
+)
 from virtfleet.core.plans import late_failure_reasons, planned_status, started_status
 from virtfleet.core.status import differing, wire
 from virtfleet.kube.facts import attempt_of
@@ -194,6 +200,25 @@ def test_the_latest_migrations_decide_the_setup_estimate() -> None:
     old = [attempt(minute, 60) for minute in range(SETUP_SAMPLES)]
     new = [attempt(100 + minute, 5) for minute in range(SETUP_SAMPLES)]
     assert observed_setup_s([*new, *old]) == 5.0  # images are cached now: the old slow starts no longer count
+
+
+def test_cold_moves_teach_the_cold_downtime_estimate() -> None:
+    def move(vm: str, minute: int, down_s: int, stage: ColdStage = ColdStage.DONE) -> ColdMove:
+        started = NOW + timedelta(minutes=minute)
+        finished = started + timedelta(seconds=down_s) if stage == ColdStage.DONE else None
+        return ColdMove(vm, 1, "n1", "Always", started, stage, finished=finished)
+
+    assert observed_cold_downtime_s([move("a", 0, 50, ColdStage.STARTING)]) is None  # not finished: no figure
+    moves = [move("a", 0, 48), move("b", 1, 54), move("c", 2, 60), move("d", 3, 0, ColdStage.FAILED)]
+    assert observed_cold_downtime_s(moves) == 54.0  # the median of the finished ones
+
+    spec = MigrationPlanSpec.model_validate(
+        {"goal": "drain", "nodes": ["n0"], "method": "cold", "dryRun": True}
+    )
+    model = build_plan(spec, "ns", FLEET, NODES, {"web": (4.0, 1.0)})
+    learned = build_plan(spec, "ns", FLEET, NODES, {"web": (4.0, 1.0)}, cold_downtime_s=54.0)
+    assert {m.estimate.downtime_s for m in model.moves} == {2.0 + 2.0 * 4}  # start-up + 2 s per GiB of 4Gi
+    assert {(m.estimate.downtime_s, m.estimate.duration_s) for m in learned.moves} == {(54.0, 54.0)}
 
 
 def test_a_failure_reason_that_arrives_after_the_plan_ended_is_added() -> None:

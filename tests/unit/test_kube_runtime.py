@@ -19,10 +19,11 @@ def test_observed_writes_clear_and_lost_ones_expire() -> None:
     assert expectations.creates == {}
 
 
-def test_learned_setup_outlives_the_migrations_it_came_from() -> None:
+def test_learned_figures_outlive_the_objects_they_came_from() -> None:
     runtime = Runtime(kube=None, settings=Settings())  # type: ignore[arg-type]
-    assert runtime.learn_setup(None) is None  # nothing finished yet: the planner's default applies
-    assert runtime.learn_setup(21.5) == 21.5
+    assert runtime.learn("setup", None) is None  # nothing finished yet: the planner's default applies
+    assert runtime.learn("setup", 21.5) == 21.5
     # The plan that showed it was deleted with its migrations: the next plan still estimates with it.
-    assert runtime.learn_setup(None) == 21.5
-    assert runtime.learn_setup(19.0) == 19.0
+    assert runtime.learn("setup", None) == 21.5
+    assert runtime.learn("setup", 19.0) == 19.0
+    assert runtime.learn("cold", None) is None  # each figure is learned on its own

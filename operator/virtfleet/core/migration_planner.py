@@ -80,6 +80,7 @@ class Timing:
     allow_auto_converge: bool = False
     completion_timeout_per_gib: int = precopy.DEFAULT_COMPLETION_TIMEOUT_PER_GIB
     setup_s: float = DEFAULT_SETUP_S
+    cold_downtime_s: float | None = None  # learned from the cluster's cold moves; None: the model below
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,9 @@ class _Targets:
 def _estimate(vm: PlanVM, method: Literal["live", "cold"], timing: Timing) -> precopy.MigrationEstimate:
     memory = vm.requests.guest_memory_bytes
     if method == "cold":
-        down = timing.setup_s + COLD_DOWNTIME_PER_GIB * memory / precopy.GIB
+        down = timing.cold_downtime_s
+        if down is None:
+            down = timing.setup_s + COLD_DOWNTIME_PER_GIB * memory / precopy.GIB
         return precopy.MigrationEstimate(down, down, 0, 0, "PreCopy", True, copy_started_s=timing.setup_s)
     return precopy.estimate(
         precopy.MigrationInputs(
@@ -496,9 +499,11 @@ def build_plan(
     pool_ratios: Mapping[str, tuple[float, float]],
     kubevirt: KubeVirtAPI = FULL_KUBEVIRT_API,
     setup_s: float | None = None,
+    cold_downtime_s: float | None = None,
 ) -> Plan:
     """The request the spec makes of the planner, over what the indexes show, and its plan; timed by the
-    downtime limit the cluster's KubeVirt really applies and the target start-up its migrations showed."""
+    downtime limit the cluster's KubeVirt really applies, and the target start-up and cold-move downtime its
+    migrations and cold moves showed."""
     node_map = {n.name: n for n in nodes}
     selected = [_plan_vm(p, pool_ratios) for p in select(spec, namespace, placements, node_map)]
     options = spec.migration
@@ -530,6 +535,7 @@ def build_plan(
             allow_auto_converge=options.allow_auto_converge,
             completion_timeout_per_gib=options.completion_timeout_per_gib,
             setup_s=DEFAULT_SETUP_S if setup_s is None else setup_s,
+            cold_downtime_s=cold_downtime_s,
         ),
     )
     return plan_migrations(request)

@@ -109,6 +109,20 @@ class ColdMove:
     abandon: str = ""  # set when the move was given up while the VM was stopped: why
 
 
+def observed_cold_downtime_s(moves: Iterable[ColdMove]) -> float | None:
+    """Median downtime (stop requested until running on the target) of the latest finished cold moves, or
+    None before there are any: guest shutdown and boot, not memory size, decide it on a real cluster."""
+    downs = [
+        (move.finished, (move.finished - move.started).total_seconds())
+        for move in moves
+        if move.stage == ColdStage.DONE and move.finished is not None
+    ]
+    if not downs:
+        return None
+    latest = sorted(downs, key=lambda pair: pair[0], reverse=True)[:SETUP_SAMPLES]
+    return max(0.0, statistics.median(seconds for _, seconds in latest))
+
+
 @dataclass(frozen=True)
 class Controls:
     """Limits and switches from the spec and the operator's settings."""

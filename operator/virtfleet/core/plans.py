@@ -47,6 +47,7 @@ class PlanInputs(ObjectInputs):
     cold_moves: Sequence[ColdMove] = ()
     in_flight: Sequence[str] = ()  # every unfinished migration in the cluster: namespace/vmi
     setup_s: float | None = None  # target start-up the cluster's latest migrations showed (None: none yet)
+    cold_downtime_s: float | None = None  # what the cluster's latest cold moves showed (None: none yet)
 
 
 def controls_of(spec: MigrationPlanSpec, kubevirt_parallel: int, kubevirt_outbound_per_node: int) -> Controls:

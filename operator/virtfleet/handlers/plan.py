@@ -12,7 +12,7 @@ from virtfleet import metrics
 from virtfleet.api.labels import COLD_MOVE_ANNOTATION, PLAN_LABEL
 from virtfleet.api.migrationplan import PlanPhase
 from virtfleet.core.capacity import with_other_pods
-from virtfleet.core.plan_executor import observed_setup_s
+from virtfleet.core.plan_executor import observed_cold_downtime_s, observed_setup_s
 from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
 from virtfleet.kube.client import MIGRATION_PLANS, MIGRATIONS, VIRTUAL_MACHINES
 from virtfleet.kube.facts import attempt_of, cold_move_of, in_flight_of
@@ -122,6 +122,7 @@ async def _reconcile(
     """One pass; returns the seconds until something becomes due without an event (None: nothing)."""
     # Our own last write wins over the body kopf holds, which may not show it yet.
     status = runtime.plan_status.get(uid) or dict(body.get("status") or {})
+    frozen = bool(status.get("startedAt"))
     inputs = PlanInputs(
         namespace=namespace,
         name=name,
@@ -142,8 +143,15 @@ async def _reconcile(
         in_flight=list(indexes["migrations_in_flight"].get(None, ())),
         # Only a plan not yet frozen is estimated: the other plans' migrations are read only then.
         setup_s=None
-        if status.get("startedAt")
-        else runtime.learn_setup(observed_setup_s(chain.from_iterable(indexes["plan_migrations"].values()))),
+        if frozen
+        else runtime.learn(
+            "setup", observed_setup_s(chain.from_iterable(indexes["plan_migrations"].values()))
+        ),
+        cold_downtime_s=None
+        if frozen
+        else runtime.learn(
+            "cold", observed_cold_downtime_s(chain.from_iterable(indexes["cold_moves"].values()))
+        ),
     )
     outcome = await measured(KIND, logger, reconcile_plan(runtime, inputs))
     if outcome is None:

@@ -98,6 +98,7 @@ async def reconcile_plan(runtime: Runtime, inputs: PlanInputs) -> PlanOutcome:
             inputs.pool_ratios,
             runtime.kubevirt,
             inputs.setup_s,
+            inputs.cold_downtime_s,
         )
         decision = plans.before_start(spec, plan, status, inputs.generation, now)
         outcome.wake_at = decision.wake_at

@@ -59,15 +59,16 @@ class Runtime:
     plan_starts: dict[str, dict[str, tuple[int, float]]] = field(default_factory=lambda: defaultdict(dict))
     plan_failures_seen: dict[str, dict[str, datetime]] = field(default_factory=lambda: defaultdict(dict))
     plan_status_written: dict[str, float] = field(default_factory=dict)  # monotonic time of the last write
-    # Target start-up last learned from finished plan migrations: kept when those migrations go with their plans.
-    learned_setup_s: float | None = None
+    # What finished plan migrations and cold moves last showed (target start-up, cold downtime): kept when
+    # the objects they came from go with their plans.
+    learned: dict[str, float] = field(default_factory=dict)
 
-    def learn_setup(self, observed_s: float | None) -> float | None:
-        """The target start-up to estimate with: what finished migrations show now, else what they last
-        showed (None before any has finished since the operator started)."""
+    def learn(self, what: str, observed_s: float | None) -> float | None:
+        """The figure to estimate with: what finished work shows now, else what it last showed (None before
+        any has finished since the operator started)."""
         if observed_s is not None:
-            self.learned_setup_s = observed_s
-        return self.learned_setup_s
+            self.learned[what] = observed_s
+        return self.learned.get(what)
 
     def wake(self, key: PoolKey) -> None:
         self.triggers[key].set()
