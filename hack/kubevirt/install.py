@@ -133,7 +133,20 @@ def probe() -> str:
 
 def _boot(launcher: str, disk_dir: Path, accel: str) -> tuple[bool, float, str]:
     """Boot the guest disk with the launcher image's QEMU; (booted, seconds, console output)."""
-    argv = ["docker", "run", "--rm", "-i", "-v", f"{disk_dir}:/probe", "--entrypoint", "qemu-system-x86_64"]
+    # Named, so it can be removed: killing `docker run` leaves its container (and the guest) running.
+    name = f"virtfleet-probe-{accel}-{os.getpid()}"
+    argv = [
+        "docker",
+        "run",
+        "--rm",
+        "-i",
+        "--name",
+        name,
+        "-v",
+        f"{disk_dir}:/probe",
+        "--entrypoint",
+        "qemu-system-x86_64",
+    ]
     if accel == "kvm":
         argv[3:3] = ["--device", "/dev/kvm"]
     argv += [
@@ -157,6 +170,7 @@ def _boot(launcher: str, disk_dir: Path, accel: str) -> tuple[bool, float, str]:
             break
         time.sleep(0.5)
     seconds = time.monotonic() - started
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False, env=env())
     proc.kill()
     proc.wait()
     with LOG.open("ab") as f:
