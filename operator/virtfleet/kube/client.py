@@ -212,12 +212,14 @@ class Kube:
                 headers=self._headers(content_type if data is not None else None),
                 timeout=self._timeout,
             ) as response:
-                text = await response.text()
+                # Bytes straight to json: a list of 10,000 VMs is tens of MB, better not held twice.
+                content = await response.read()
                 if self.on_response is not None:
                     self.on_response(verb, response.status)
                 if response.status < 400:
-                    result: JSON = json.loads(text) if text else {}
+                    result: JSON = json.loads(content) if content else {}
                     return result
+                text = content.decode(errors="replace")
                 error = ApiError(response.status, response.reason or "", text, dict(response.headers))
             # 429 (API priority and fairness, storage initialising) says when to come back, as client-go
             # honours it; everything else is the caller's to handle.
