@@ -145,12 +145,14 @@ class Kube:
     """A thin async client; `kube = await Kube.connect()`, then `async with kube:`."""
 
     def __init__(
-        self, credentials: Credentials, field_manager: str, pool_size: int = 32, request_timeout_s: float = 60
+        self, credentials: Credentials, field_manager: str, pool_size: int = 32, read_timeout_s: float = 300
     ) -> None:
         self.credentials = credentials
         self.field_manager = field_manager
         self._pool_size = pool_size
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10)
+        # No deadline for a whole request: a deletecollection or a list of 10,000 VMs on a busy API server
+        # may take minutes. A connection that stays silent for read_timeout_s is given up on.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout_s)
         self._session: aiohttp.ClientSession | None = None
         # Called with (verb, HTTP code) after every request: the operator counts them in a metric.
         self.on_response: Callable[[str, int], None] | None = None
@@ -315,7 +317,7 @@ class Kube:
             self.credentials.server + ref.path(namespace),
             params=[(k, str(v)) for k, v in query.items()],
             headers=self._headers(),
-            timeout=aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_connect=10),
+            timeout=aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_connect=30),
         ) as response:
             if self.on_response is not None:
                 self.on_response("watch", response.status)

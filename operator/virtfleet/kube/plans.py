@@ -249,9 +249,7 @@ async def _act(
         except (NotFound, Conflict):
             return  # gone, or changed under us: the next step sees the new state and decides again
         except ApiError as error:
-            outcome.events.append(
-                ("Warning", reasons.ACTION_FAILED, f"{action}: {error}")
-            )
+            outcome.events.append(("Warning", reasons.ACTION_FAILED, f"{action}: {error}"))
             log.warning(
                 "migration plan %s/%s: %s failed: %s %s", inputs.namespace, inputs.name, action, error.status,
                 error.reason,

@@ -94,9 +94,7 @@ async def _execute(
                 return  # it exists already (a restart, or a stale cache): nothing duplicated
             except ApiError as error:
                 expectations.creates.pop(name, None)
-                outcome.events.append(
-                    ("Warning", reasons.FAILED_CREATE, f"{name}: {error}")
-                )
+                outcome.events.append(("Warning", reasons.FAILED_CREATE, f"{name}: {error}"))
                 return
             except BaseException:
                 # No answer (connection refused or reset, timeout, cancelled): whether the VM was made is
