@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from virtfleet.kube.client import VIRTUAL_MACHINES, ApiException, Kube
+from virtfleet.kube.client import VIRTUAL_MACHINES, ApiError, Kube
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ VM: dict[str, Any] = {
 async def test_misspelled_cpu_field_is_rejected(kube: Kube, namespace: str) -> None:
     bad = copy.deepcopy(VM)
     bad["spec"]["template"]["spec"]["domain"]["cpu"]["dedicatedCPUPlacment"] = True
-    with pytest.raises(ApiException) as raised:
+    with pytest.raises(ApiError) as raised:
         await kube.create(VIRTUAL_MACHINES, namespace, bad)
     assert raised.value.status == 400
     message = json.loads(raised.value.body)["message"]

@@ -27,7 +27,7 @@ from virtfleet.kube.client import (
     VIRTUAL_MACHINE_POOLS,
     VIRTUAL_MACHINES,
     VM_TEMPLATES,
-    ApiException,
+    ApiError,
     Kube,
     ResourceRef,
 )
@@ -43,7 +43,7 @@ SEED = int(os.environ.get("VIRTFLEET_RELIABILITY_SEED") or secrets.randbelow(2**
 # Every node of the module's fleet carries this label, so the module removes exactly its own nodes.
 NODE_LABEL = "reliability.virtfleet.io/suite"
 # What a request against an API server that is down (or just came back) may raise.
-TRANSIENT = (ApiException, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+TRANSIENT = (ApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 def trial_random(test: str, trial: int) -> random.Random:
@@ -226,7 +226,7 @@ async def remove_workloads(kube: Kube, namespace: str, operator: OperatorProcess
         for obj in await items(kube, ref, namespace):
             try:
                 await kube.delete(ref, namespace, obj["metadata"]["name"])
-            except ApiException as error:
+            except ApiError as error:
                 if error.status != 404:
                     raise
 

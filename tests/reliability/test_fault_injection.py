@@ -50,7 +50,7 @@ from virtfleet.kube.client import (
     VIRTUAL_MACHINE_POOLS,
     VIRTUAL_MACHINES,
     VM_TEMPLATES,
-    ApiException,
+    ApiError,
     Kube,
     ResourceRef,
 )
@@ -319,7 +319,7 @@ async def edit(
         await asyncio.sleep(0.01)  # a client's think time: the window in which others write
         try:
             await kube.request("PUT", ref.path(namespace, name), query=query, body=merged(current, patch))
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 409:
                 raise
             seen[f"{ref.plural} 409"] += 1

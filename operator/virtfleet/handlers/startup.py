@@ -9,6 +9,7 @@ import kopf
 
 from virtfleet import metrics
 from virtfleet.core.capacity import with_other_pods
+from virtfleet.kube import credentials
 from virtfleet.kube.client import Kube
 from virtfleet.kube.discovery import discover_kubevirt
 from virtfleet.kube.runtime import Runtime
@@ -70,10 +71,24 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In-cluster service account first, else the kubeconfig that KUBECONFIG names when we start.
-
-    kopf's own loaders read the environment at call time (kubernetes_asyncio's fix it at import).
-    """
-    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-    return info or kopf.login_with_kubeconfig(**kwargs)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's client signs in as ours does (virtfleet.kube.credentials): the pod's service account, else the
+    kubeconfig KUBECONFIG names when we start. kopf re-runs this when the API server says 401, which also
+    picks up a rotated service-account token."""
+    found = credentials.load()
+    authorization = found.authorization()  # reads a token file, if that is how we sign in
+    return kopf.ConnectionInfo(
+        server=found.server,
+        ca_path=found.ca_path,
+        ca_data=found.ca_data,  # kopf takes PEM as it is
+        insecure=found.insecure or None,
+        scheme="Bearer" if found.token else None,
+        token=found.token if authorization else None,
+        username=found.username,
+        password=found.password,
+        certificate_path=found.certificate_path,
+        certificate_data=found.certificate_data,
+        private_key_path=found.key_path,
+        private_key_data=found.key_data,
+        default_namespace=found.namespace,
+    )

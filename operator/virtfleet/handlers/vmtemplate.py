@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 
 from virtfleet.api import reasons
-from virtfleet.kube.client import VM_TEMPLATES, ApiException, namespace_terminating
+from virtfleet.kube.client import VM_TEMPLATES, ApiError, namespace_terminating
 from virtfleet.kube.runtime import Runtime
 from virtfleet.kube.templates import collect_unused_revisions, reconcile_template
 
@@ -45,7 +45,7 @@ async def reconcile_vmtemplate(
             dict(status),
             revisions.get((namespace, name), ()),
         )
-    except ApiException as error:
+    except ApiError as error:
         if namespace_terminating(error):
             return  # the namespace's deletion takes the template with it
         raise

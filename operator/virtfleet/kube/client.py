@@ -1,22 +1,23 @@
-"""Async Kubernetes access for virtfleet, built on kubernetes_asyncio.
+"""Async Kubernetes access for virtfleet: plain HTTP on aiohttp (which kopf already runs on).
 
 Every write goes through here with fieldValidation=Strict, so a misspelled field fails loudly instead of
 being pruned by the API server. Objects travel as plain dicts: virtfleet's own models parse them where
-needed, and large lists skip the generated client's per-field deserialisation.
+needed. No generated client: kubernetes_asyncio cost about 37 MiB of the operator's memory (kopf imports it
+whenever it is installed) for the one generic call this module made of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
+import aiohttp
+
+from virtfleet.kube.credentials import Credentials, load
 
 STRICT = "Strict"
 THROTTLE_RETRIES = 10
@@ -25,7 +26,7 @@ APPLY_PATCH = "application/apply-patch+yaml"
 
 __all__ = [
     "MERGE_PATCH",
-    "ApiException",
+    "ApiError",
     "Conflict",
     "Kube",
     "NotFound",
@@ -80,29 +81,47 @@ MIGRATIONS = ResourceRef("kubevirt.io", "v1", "virtualmachineinstancemigrations"
 MIGRATION_POLICIES = ResourceRef("migrations.kubevirt.io", "v1alpha1", "migrationpolicies", namespaced=False)
 
 
-class NotFound(ApiException):
+class ApiError(Exception):
+    """The API server refused a request: its HTTP status, reason phrase, body (a Status object, as text)
+    and headers."""
+
+    def __init__(
+        self, status: int = 0, reason: str = "", body: str = "", headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(status, reason)
+        self.status, self.reason, self.body = status, reason, body
+        self.headers: Mapping[str, str] = headers or {}
+
+    def __str__(self) -> str:
+        message = ""
+        try:
+            message = str(json.loads(self.body or "{}").get("message") or "")
+        except (ValueError, AttributeError):
+            message = (self.body or "")[:500]
+        return f"({self.status}) {self.reason}" + (f": {message}" if message else "")
+
+
+class NotFound(ApiError):  # noqa: N818 - reads as the condition it is: `except NotFound`
     """404: the object is gone (or never was)."""
 
 
-class Conflict(ApiException):
+class Conflict(ApiError):  # noqa: N818
     """409: it exists already, or it changed since it was read (a resourceVersion or uid precondition)."""
 
 
-def _typed(error: ApiException) -> ApiException:
+def _typed(error: ApiError) -> ApiError:
     """The API server's refusal as NotFound or Conflict where it is one, so callers catch a type instead
     of checking status codes; both stay ApiExceptions."""
     kind = {404: NotFound, 409: Conflict}.get(int(error.status or 0))
     if kind is None:
         return error
-    typed: ApiException = kind(status=error.status, reason=error.reason)
-    typed.body, typed.headers = error.body, error.headers
-    return typed
+    return kind(error.status, error.reason, error.body, error.headers)
 
 
 _VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 
 
-def _retry_after(error: ApiException) -> float:
+def _retry_after(error: ApiError) -> float:
     headers: Mapping[str, str] = error.headers or {}
     try:
         return min(10.0, max(0.1, float(headers.get("Retry-After", "1"))))
@@ -110,7 +129,7 @@ def _retry_after(error: ApiException) -> float:
         return 1.0
 
 
-def namespace_terminating(error: ApiException) -> bool:
+def namespace_terminating(error: ApiError) -> bool:
     """The API server refused to create something because its namespace is being deleted: nothing
     to do there any more, not a failure worth a traceback or a retry."""
     if error.status != 403:
@@ -125,9 +144,16 @@ def namespace_terminating(error: ApiException) -> bool:
 class Kube:
     """A thin async client; `kube = await Kube.connect()`, then `async with kube:`."""
 
-    def __init__(self, api: client.ApiClient, field_manager: str) -> None:
-        self._api = api
+    def __init__(
+        self, credentials: Credentials, field_manager: str, pool_size: int = 32, read_timeout_s: float = 300
+    ) -> None:
+        self.credentials = credentials
         self.field_manager = field_manager
+        self._pool_size = pool_size
+        # No deadline for a whole request: a deletecollection or a list of 10,000 VMs on a busy API server
+        # may take minutes. A connection that stays silent for read_timeout_s is given up on.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
         # Called with (verb, HTTP code) after every request: the operator counts them in a metric.
         self.on_response: Callable[[str, int], None] | None = None
 
@@ -136,18 +162,27 @@ class Kube:
         cls, field_manager: str = "virtfleet", kubeconfig: str | None = None, pool_size: int = 32
     ) -> Kube:
         """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube)."""
-        configuration = client.Configuration()
-        if kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            # kubernetes_asyncio reads KUBECONFIG once, at import; read it now instead.
-            path = kubeconfig or os.environ.get("KUBECONFIG")
-            await config.load_kube_config(config_file=path, client_configuration=configuration)
-        configuration.connection_pool_maxsize = pool_size
-        return cls(client.ApiClient(configuration), field_manager)
+        return cls(load(kubeconfig), field_manager, pool_size)
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running loop; objects of a watch line can exceed aiohttp's 64 KiB.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=self.credentials.ssl_context())
+            self._session = aiohttp.ClientSession(connector=connector, read_bufsize=2**22)
+        return self._session
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        authorization = self.credentials.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
+        return headers
 
     async def close(self) -> None:
-        await self._api.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def __aenter__(self) -> Kube:
         return self
@@ -169,30 +204,30 @@ class Kube:
         content_type: str = "application/json",
     ) -> JSON:
         verb = _VERBS.get(method, method.lower()) if content_type != APPLY_PATCH else "apply"
+        data = None if body is None else json.dumps(body)  # JSON is YAML too, for server-side apply
         for attempt in range(THROTTLE_RETRIES + 1):
-            try:
-                result, code, _ = await self._api.call_api(
-                    path,
-                    method,
-                    query_params=list((query or {}).items()),
-                    header_params={"Content-Type": content_type, "Accept": "application/json"},
-                    body=body,
-                    response_types_map={200: "object", 201: "object", 202: "object"},
-                    auth_settings=["BearerToken"],
-                    _return_http_data_only=False,
-                )
+            async with self._http().request(
+                method,
+                self.credentials.server + path,
+                params=[(k, str(v)) for k, v in (query or {}).items()],
+                data=data,
+                headers=self._headers(content_type if data is not None else None),
+                timeout=self._timeout,
+            ) as response:
+                # Bytes straight to json: a list of 10,000 VMs is tens of MB, better not held twice.
+                content = await response.read()
                 if self.on_response is not None:
-                    self.on_response(verb, int(code))
-                data: JSON = result
-                return data
-            except ApiException as error:
-                if self.on_response is not None:
-                    self.on_response(verb, int(error.status or 0))
-                # 429 (API priority and fairness, storage initialising) says when to come back, as
-                # client-go honours it; everything else is the caller's to handle.
-                if error.status != 429 or attempt == THROTTLE_RETRIES:
-                    raise _typed(error) from error
-                await asyncio.sleep(_retry_after(error))
+                    self.on_response(verb, response.status)
+                if response.status < 400:
+                    result: JSON = json.loads(content) if content else {}
+                    return result
+                text = content.decode(errors="replace")
+                error = ApiError(response.status, response.reason or "", text, dict(response.headers))
+            # 429 (API priority and fairness, storage initialising) says when to come back, as client-go
+            # honours it; everything else is the caller's to handle.
+            if error.status != 429 or attempt == THROTTLE_RETRIES:
+                raise _typed(error)
+            await asyncio.sleep(_retry_after(error))
         raise AssertionError("unreachable")
 
     def _write_query(self, dry_run: bool = False) -> dict[str, str | int]:
@@ -278,17 +313,20 @@ class Kube:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": timeout_seconds,
         }
-        response = await self._api.call_api(
-            ref.path(namespace),
-            "GET",
-            query_params=list(query.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _return_http_data_only=True,
-            _request_timeout=timeout_seconds + 30,
-        )
-        async with response:
+        async with self._http().get(
+            self.credentials.server + ref.path(namespace),
+            params=[(k, str(v)) for k, v in query.items()],
+            headers=self._headers(),
+            timeout=aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_connect=30),
+        ) as response:
+            if self.on_response is not None:
+                self.on_response("watch", response.status)
+            if response.status >= 400:
+                raise _typed(
+                    ApiError(
+                        response.status, response.reason or "", await response.text(), dict(response.headers)
+                    )
+                )
             async for line in response.content:
                 if line.strip():
                     event: JSON = json.loads(line)

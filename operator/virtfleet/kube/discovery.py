@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from virtfleet.core.kubevirt_api import MIGRATION_POLICY_CRD, KubeVirtAPI
-from virtfleet.kube.client import ApiException, Kube, ResourceRef
+from virtfleet.kube.client import ApiError, Kube, ResourceRef
 
 CRDS = ResourceRef("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
 KUBEVIRTS = ResourceRef("kubevirt.io", "v1", "kubevirts")
@@ -21,12 +21,12 @@ async def discover_kubevirt(kube: Kube) -> KubeVirtAPI:
     kubevirt_crs: list[dict[str, Any]] = []
     try:
         policy_crd = await kube.get(CRDS, None, MIGRATION_POLICY_CRD)
-    except ApiException as error:
+    except ApiError as error:
         log.warning("cannot read CRD %s (%s): writing no optional MigrationPolicy fields", MIGRATION_POLICY_CRD,
                     error.status)  # fmt: skip
     try:
         kubevirt_crs = list((await kube.list(KUBEVIRTS)).get("items") or [])
-    except ApiException as error:
+    except ApiError as error:
         log.warning("cannot list KubeVirt CRs (%s): KubeVirt version unknown", error.status)
     found = KubeVirtAPI.from_cluster(kubevirt_crs, policy_crd)
     log.info("talking to %s", found.describe())

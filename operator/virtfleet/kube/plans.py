@@ -47,7 +47,7 @@ from virtfleet.kube.client import (
     NODES,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
-    ApiException,
+    ApiError,
     Conflict,
     Kube,
     NotFound,
@@ -248,10 +248,8 @@ async def _act(
                     await _finish_cold_move(kube, inputs, action, now)
         except (NotFound, Conflict):
             return  # gone, or changed under us: the next step sees the new state and decides again
-        except ApiException as error:
-            outcome.events.append(
-                ("Warning", reasons.ACTION_FAILED, f"{action}: {error.status} {error.reason}")
-            )
+        except ApiError as error:
+            outcome.events.append(("Warning", reasons.ACTION_FAILED, f"{action}: {error}"))
             log.warning(
                 "migration plan %s/%s: %s failed: %s %s", inputs.namespace, inputs.name, action, error.status,
                 error.reason,
@@ -292,7 +290,7 @@ async def _stop_for_cold_move(
     vm = await kube.get(VIRTUAL_MACHINES, inputs.namespace, action.vm)
     strategy = (vm.get("spec") or {}).get("runStrategy")
     if strategy not in objects.COLD_RUN_STRATEGIES:
-        raise ApiException(
+        raise ApiError(
             status=422, reason=f"cold moves need runStrategy Always or RerunOnFailure, not {strategy}"
         )
     patch = objects.stop_for_cold_move(vm, inputs.uid, action, hostnames, now)

@@ -13,7 +13,7 @@ from virtfleet.api import reasons
 from virtfleet.core.pools import Defaults, Member, PoolInputs, PoolPlan, Rendering, decide
 from virtfleet.core.render import live_update_patch, render_vm, vm_name
 from virtfleet.core.status import differing, wire
-from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiException, Conflict, NotFound
+from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiError, Conflict, NotFound
 from virtfleet.kube.runtime import EXPECTATION_TTL, PoolKey, Runtime
 
 __all__ = ["PoolInputs", "PoolOutcome", "reconcile_pool"]
@@ -92,11 +92,9 @@ async def _execute(
                 await kube.create(VIRTUAL_MACHINES, inputs.namespace, vm)
             except Conflict:
                 return  # it exists already (a restart, or a stale cache): nothing duplicated
-            except ApiException as error:
+            except ApiError as error:
                 expectations.creates.pop(name, None)
-                outcome.events.append(
-                    ("Warning", reasons.FAILED_CREATE, f"{name}: {error.status} {error.reason}")
-                )
+                outcome.events.append(("Warning", reasons.FAILED_CREATE, f"{name}: {error}"))
                 return
             except BaseException:
                 # No answer (connection refused or reset, timeout, cancelled): whether the VM was made is

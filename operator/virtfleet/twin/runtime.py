@@ -25,7 +25,7 @@ from virtfleet.kube.client import (
     NODES,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
-    ApiException,
+    ApiError,
     Conflict,
     Kube,
     NotFound,
@@ -147,7 +147,7 @@ class Twin:
                 async for event in self.kube.watch(ref, version):
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
-                        raise ApiException(status=obj.get("code", 500), reason=obj.get("message", ""))
+                        raise ApiError(status=obj.get("code", 500), reason=obj.get("message", ""))
                     version = obj.get("metadata", {}).get("resourceVersion", version)
                     if kind != "BOOKMARK":
                         handler(str(kind), obj)
@@ -391,7 +391,7 @@ class Twin:
             }
         try:
             created = await self.kube.create(VIRTUAL_MACHINE_INSTANCES, meta["namespace"], vmi)
-        except ApiException as error:
+        except ApiError as error:
             self.state.remove(key)
             if isinstance(error, Conflict):
                 return  # it exists; its watch event will bring it
