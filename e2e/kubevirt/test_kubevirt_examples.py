@@ -64,10 +64,14 @@ def test_template_and_oversubscribed_pool_run_real_guests(
             assert guest.cpus == 2, guest
             assert 3.5 * GIB_KIB < guest.mem_kib <= 4 * GIB_KIB, guest
 
-    pool = get(test_cluster, "vfpool", "web", namespace)
-    ready = condition(pool, "Ready")
-    assert ready is not None and ready["status"] == "True", pool["status"]
-    assert pool["status"]["readyReplicas"] == 6
+    def ready() -> dict[str, Any] | None:
+        pool = get(test_cluster, "vfpool", "web", namespace)
+        found = condition(pool, "Ready")
+        return (
+            pool if found and found["status"] == "True" and pool["status"].get("readyReplicas") == 6 else None
+        )
+
+    wait_for(ready, 60, "pool web never reported Ready with 6 ready replicas")
 
 
 def test_pinned_numa_pool_names_why_kind_cannot_hold_it(
