@@ -158,6 +158,8 @@ def _first_report(cluster: SessionCluster, namespace: str, name: str) -> str | N
         output = console_log(cluster, pod)[0] if pod else ""
         if GUEST_LINE.search(output):
             return None
+        if pod and "detected stalls on CPUs" in output:  # one vCPU hung, the other still prints
+            return console_tail(cluster, namespace, name)
         if len(output) != length:
             length, changed = len(output), time.monotonic()
         elif pod and time.monotonic() - changed > BOOT_SILENCE_S:

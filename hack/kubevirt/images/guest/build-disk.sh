@@ -22,13 +22,12 @@ done < modules.list
 chmod 0755 initramfs/init initramfs/etc/udhcpc.script initramfs/etc/acpi/power
 (cd initramfs && find . | cpio -o -H newc --quiet | gzip -9) > initrd.img
 cp "$root/boot/vmlinuz-$release" vmlinuz
-# Under software emulation on a loaded host a secondary vCPU's local APIC timer interrupt can be lost: that
-# vCPU then sleeps in HLT for good, timers queued on it never fire, RCU's grace-period kthread with them,
-# and init hangs in its next insmod ("rcu_preempt kthread timer wakeup didn't happen ... Possible timer
-# handling issue on cpu=1", while NMIs still reach that vCPU). CI met it once in six boots of example 02
-# at load average 20+ (lapic=notscdeadline and nohz=off, tried before, did not prevent it). nolapic_timer
-# takes the local APIC timers out: the HPET drives every timer and wakes the other vCPUs by IPI, which
-# do arrive. Not quiet: when a boot stalls, the console (and the e2e failure message) shows where.
+# Under software emulation on a loaded host a vCPU's local APIC can keep a timer vector in service (its
+# EOI lost), and no timer interrupt reaches that vCPU again: the guest hangs in boot (QEMU's "info lapic":
+# ISR 48, IRR 41 48, vCPUs halted). No kernel option here prevents it (lapic=notscdeadline and nohz=off,
+# then nolapic_timer, were tried); the e2e suite restarts such a guest once (e2e/kubevirt, `booted`).
+# nolapic_timer stays: with every timer on the HPET the hang is total, so the console falls silent and
+# the suite sees it at once. Not quiet: the console (and a failure message) shows where a boot stopped.
 cat > syslinux.cfg <<CFG
 DEFAULT guest
 PROMPT 0
