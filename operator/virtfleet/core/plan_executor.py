@@ -87,9 +87,14 @@ def observed_setup_s(attempts: Iterable[Attempt]) -> float | None:
         for a in attempts
         if a.phase == "Succeeded" and a.started is not None and a.copying is not None
     ]
-    if not setups:
+    return _latest_median(setups)
+
+
+def _latest_median(samples: list[tuple[datetime, float]]) -> float | None:
+    """The median seconds of the SETUP_SAMPLES latest (when, seconds) samples; None without any."""
+    if not samples:
         return None
-    latest = sorted(setups, key=lambda pair: pair[0], reverse=True)[:SETUP_SAMPLES]
+    latest = sorted(samples, key=lambda pair: pair[0], reverse=True)[:SETUP_SAMPLES]
     return max(0.0, statistics.median(seconds for _, seconds in latest))
 
 
@@ -117,10 +122,7 @@ def observed_cold_downtime_s(moves: Iterable[ColdMove]) -> float | None:
         for move in moves
         if move.stage == ColdStage.DONE and move.finished is not None
     ]
-    if not downs:
-        return None
-    latest = sorted(downs, key=lambda pair: pair[0], reverse=True)[:SETUP_SAMPLES]
-    return max(0.0, statistics.median(seconds for _, seconds in latest))
+    return _latest_median(downs)
 
 
 @dataclass(frozen=True)
