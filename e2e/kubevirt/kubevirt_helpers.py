@@ -169,6 +169,47 @@ def _first_report(cluster: SessionCluster, namespace: str, name: str) -> str | N
                          f"{console_tail(cluster, namespace, name)}")  # fmt: skip
 
 
+PLAN_DONE = ("Succeeded", "Failed", "Cancelled")
+MIGRATIONS = "virtualmachineinstancemigrations.kubevirt.io"
+
+
+def plan_finished(
+    cluster: SessionCluster, namespace: str, name: str, timeout: float = 2 * BOOT_TIMEOUT,
+    done: tuple[str, ...] = PLAN_DONE,
+) -> dict[str, Any]:  # fmt: skip
+    """The plan's status once its phase is one of `done`; if it never is, a failure that tells where the
+    plan, its migrations and their launcher pods stand."""
+
+    def probe() -> dict[str, Any] | None:
+        status = get(cluster, "migrationplan", name, namespace).get("status", {})
+        return status if status.get("phase") in done else None
+
+    try:
+        return wait_for(probe, timeout, f"plan {namespace}/{name} never finished", 2)
+    except AssertionError as stuck:
+        raise AssertionError(f"{stuck}\n{plan_story(cluster, namespace, name)}") from None
+
+
+def plan_story(cluster: SessionCluster, namespace: str, name: str) -> str:
+    """The plan's phase, conditions and VM lines, every migration's KubeVirt status, the launcher pods
+    and the namespace's latest events: what a stuck plan waits for."""
+    status = get(cluster, "migrationplan", name, namespace).get("status", {})
+    lines = [f"plan phase {status.get('phase')}: {status.get('message', '')}"]
+    lines += [f"  condition {c['type']}={c['status']} {c.get('reason', '')}: {c.get('message', '')}"
+              for c in status.get("conditions", [])]  # fmt: skip
+    lines += [f"  vm {json.dumps(vm, sort_keys=True)}" for vm in status.get("vms", [])]
+    for migration in items(cluster, MIGRATIONS, namespace):
+        lines.append(f"migration {migration['metadata']['name']}: "
+                     f"{json.dumps(migration.get('status', {}), sort_keys=True)}")  # fmt: skip
+    for pod in items(cluster, "pods", namespace, "-l", "kubevirt.io=virt-launcher"):
+        conditions = [f"{c['type']}={c['status']}" for c in pod["status"].get("conditions", [])]
+        lines.append(f"pod {pod['metadata']['name']} node={pod['spec'].get('nodeName')} "
+                     f"phase={pod['status'].get('phase')} {' '.join(conditions)}")  # fmt: skip
+    events = cluster.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp", check=False)
+    lines += ["events (latest 30):", *events.stdout.splitlines()[-30:]]
+    return "\n".join(lines)
+
+
 def launcher_pod(cluster: SessionCluster, vmi: dict[str, Any]) -> dict[str, Any] | None:
     """The Running virt-launcher pod that hosts the VMI now (during a migration there are two)."""
     namespace, node = vmi["metadata"]["namespace"], vmi.get("status", {}).get("nodeName")

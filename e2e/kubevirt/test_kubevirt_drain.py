@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kind_helpers import apply, get, items, record, wait_for
-from kubevirt_helpers import BOOT_TIMEOUT, guest_now, small_fleet, vmis
+from kind_helpers import apply, get, items, record
+from kubevirt_helpers import guest_now, plan_finished, small_fleet, vmis
 
 from virtfleet.localcluster.testing import SessionCluster
 
@@ -67,11 +67,7 @@ def test_live_drain_keeps_every_guest_running(
     started = time.monotonic()
     apply(test_cluster, _plan(namespace, source))
 
-    def finished() -> dict[str, Any] | None:
-        status = get(test_cluster, "migrationplan", "drain", namespace).get("status", {})
-        return status if status.get("phase") in ("Succeeded", "Failed", "Paused") else None
-
-    status = wait_for(finished, 2 * BOOT_TIMEOUT, "the drain plan never finished", 3)
+    status = plan_finished(test_cluster, namespace, "drain", done=("Succeeded", "Failed", "Paused"))
     stop.set()
     watcher.join()
     elapsed = time.monotonic() - started

@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from kind_helpers import Operator, apply, get, items, record, wait_for, worker_nodes
-from kubevirt_helpers import BOOT_TIMEOUT, guest_now, launcher_pod, small_fleet, vmis
+from kubevirt_helpers import (
+    BOOT_TIMEOUT,
+    MIGRATIONS,
+    guest_now,
+    launcher_pod,
+    plan_finished,
+    small_fleet,
+    vmis,
+)
 
 from virtfleet.localcluster.testing import SessionCluster
-
-PLAN_DONE = ("Succeeded", "Failed", "Cancelled")
-MIGRATIONS = "virtualmachineinstancemigrations.kubevirt.io"
 
 
 def _plan(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
@@ -24,16 +29,6 @@ def _plan(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"uncordonWhenDone": True, **spec},
     }
-
-
-def _finished(
-    cluster: SessionCluster, namespace: str, name: str, timeout: float = 2 * BOOT_TIMEOUT
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        status = get(cluster, "migrationplan", name, namespace).get("status", {})
-        return status if status.get("phase") in PLAN_DONE else None
-
-    return wait_for(probe, timeout, f"plan {namespace}/{name} never finished", 2)
 
 
 def _busiest(running: list[dict[str, Any]]) -> str:
@@ -77,7 +72,7 @@ def test_a_migration_kubevirt_aborts_is_retried_then_counted_against_the_budget(
         migration={"bandwidthPerMigration": "1Mi", "completionTimeoutPerGiB": 1},
         failurePolicy={"retries": 1, "backoffSeconds": 5, "maxFailures": 0, "onFailure": "abort"},
     ))  # fmt: skip
-    status = _finished(test_cluster, namespace, "doomed")
+    status = plan_finished(test_cluster, namespace, "doomed")
 
     assert status["phase"] == "Failed", status
     (line,) = status["vms"]
@@ -121,7 +116,7 @@ def test_cancel_mid_plan_leaves_every_vm_running_once(
         namespace, "halfway", goal="drain", nodes=[source], method="live",
         limits={"maxParallel": 1}, migration={"bandwidthPerMigration": "32Mi"}, cancel=True,
     ))  # fmt: skip
-    status = _finished(test_cluster, namespace, "halfway")
+    status = plan_finished(test_cluster, namespace, "halfway")
 
     assert status["phase"] == "Cancelled", status
     phases = Counter(vm["phase"] for vm in status["vms"])
@@ -157,7 +152,7 @@ def test_the_operator_killed_mid_plan_finishes_it_once(
     test_cluster.kubectl(
         "-n", operator.namespace, "delete", "pod", leader["metadata"]["name"], "--wait=false"
     )
-    status = _finished(test_cluster, namespace, "resilient")
+    status = plan_finished(test_cluster, namespace, "resilient")
 
     assert status["phase"] == "Succeeded", status
     migrations = items(test_cluster, MIGRATIONS, namespace)
@@ -186,7 +181,7 @@ def test_a_cold_move_reboots_the_guest_on_the_target(
         namespace, "cold", goal="move", method="cold", selection={"vms": [name]},
         targetSelector={"kubernetes.io/hostname": target},
     ))  # fmt: skip
-    status = _finished(test_cluster, namespace, "cold")
+    status = plan_finished(test_cluster, namespace, "cold")
 
     assert status["phase"] == "Succeeded", status
     (line,) = status["vms"]

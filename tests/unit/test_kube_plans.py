@@ -4,8 +4,10 @@ the second time."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,9 +24,12 @@ from virtfleet.kube.client import (
     MIGRATIONS,
     NODES,
     VIRTUAL_MACHINE_INSTANCES,
+    ApiError,
+    ResourceRef,
 )
 from virtfleet.kube.discovery import CRDS, KUBEVIRTS
 from virtfleet.kube.plans import delete_plan_objects, reconcile_plan
+from virtfleet.kube.runtime import EXPECTATION_TTL
 
 GIB = 2**30
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -141,3 +146,62 @@ async def test_deleting_a_plan_mid_drain_uncordons_what_it_cordoned(
     )  # fmt: skip
     await delete_plan_objects(kube, "ns", "plan-uid", [], NOW, "drain", uncordon)
     assert kube.writes("patch", "nodes") == patched
+
+
+class RefusingKube(FakeKube):
+    """KubeVirt's admission webhook refuses every migration create, as it does while the VMI's previous
+    migration is still in flight."""
+
+    async def create(
+        self, ref: ResourceRef, namespace: str | None, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        if ref.plural == MIGRATIONS.plural:
+            self._call("create", ref, namespace, body["metadata"]["name"], body)
+            raise ApiError(status=400, reason="Bad Request", body=json.dumps({"message": WEBHOOK_DENIAL}))
+        return await super().create(ref, namespace, body)
+
+
+WEBHOOK_DENIAL = (
+    'admission webhook "migration-create-validator.kubevirt.io" denied the request: in-flight migration '
+    "detected. Active migration job (1234) is currently already in progress for VMI vm-0."
+)
+PLAN_WRITES = (
+    ("patch", NODES),
+    ("apply", MIGRATION_POLICIES),
+    *DISCOVERY,
+    ("patch", VIRTUAL_MACHINE_INSTANCES),
+    ("patch/status", MIGRATION_PLANS),
+    ("create", MIGRATIONS),
+)
+
+
+async def test_a_refused_start_counts_as_a_failed_attempt_and_the_plan_wakes_for_its_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube = RefusingKube(*PLAN_WRITES)
+    runtime = runtime_with(kube)
+    spec = {"goal": "drain", "nodes": ["n0"], "limits": {"maxParallel": 1},
+            "failurePolicy": {"retries": 1, "backoffSeconds": 5, "maxFailures": 0, "onFailure": "abort"}}  # fmt: skip
+    first = await reconcile_plan(runtime, inputs(spec))
+    line = first.status["vms"][0]
+    assert (line["phase"], line["attempts"]) == ("Waiting", 1), line
+    assert WEBHOOK_DENIAL in line["lastError"]  # KubeVirt's words reach the user
+    assert reasons.ACTION_FAILED in [reason for _, reason, _ in first.events]
+    assert first.wake_at == NOW + timedelta(seconds=5)  # the backoff, not "wait for an event"
+    assert runtime.plan_starts["plan-uid"] == {}  # nothing awaited from the watch
+
+    later = NOW + timedelta(seconds=5)
+    monkeypatch.setattr("virtfleet.kube.runtime.Runtime.now", staticmethod(lambda: later))
+    second = await reconcile_plan(runtime, inputs(spec, first.status))
+    assert kube.writes("create", "virtualmachineinstancemigrations") == ["ns/drain-vm-0-1", "ns/drain-vm-0-2"]
+    assert second.status["phase"] == "Failed", second.status  # retries spent, budget 0, abort
+    assert second.status["vms"][0]["attempts"] == 2
+
+
+async def test_a_start_the_watch_never_shows_wakes_the_plan_when_it_is_assumed_lost() -> None:
+    kube = FakeKube(*PLAN_WRITES)
+    runtime = runtime_with(kube)
+    outcome = await reconcile_plan(runtime, inputs({"goal": "drain", "nodes": ["n0"]}))
+    assert outcome.status["vms"][0]["phase"] == "Migrating"
+    assert outcome.wake_at is not None
+    assert outcome.wake_at <= NOW + timedelta(seconds=EXPECTATION_TTL)

@@ -363,3 +363,33 @@ def test_a_failure_without_its_reason_yet_waits_briefly_for_it() -> None:
     assert told.vms[0].phase == "Failed" and told.vms[0].last_error == reason.failure
     late = step("plan", plan, replace(world, now=T0 + ex.FAILURE_REASON_GRACE), controls)
     assert late.vms[0].phase == "Failed" and late.vms[0].last_error == "the migration failed"
+
+
+def test_a_refused_start_waits_its_backoff_then_takes_the_next_attempt_number() -> None:
+    plan = entries(1)
+    controls = Controls(retries=2, backoff_s=10)
+    refusal = ex.Refusal(attempt=1, count=1, error="refused by the API (400) Bad Request: no", at=T0)
+    world = World(T0 + timedelta(seconds=3), vmi_nodes=on_source(plan), refused={"vm-0": refusal})
+    waiting = step("plan", plan, world, controls)
+    assert waiting.vms[0].phase == "Waiting" and waiting.vms[0].last_error == refusal.error
+    assert waiting.wake_at == T0 + timedelta(seconds=10) and not waiting.actions
+    due = step("plan", plan, replace(world, now=T0 + timedelta(seconds=10)), controls)
+    assert [(s.attempt, s.name) for s in starts(due)] == [(2, migration_name("plan", "vm-0", 2))]
+    # A real failure after the refusal: both count, the latest one's words show.
+    failed = attempt("vm-0", 2, "Failed", T0 + timedelta(seconds=20))
+    world = replace(world, now=T0 + timedelta(seconds=21), attempts={"vm-0": [failed]})
+    after = step("plan", plan, world, controls)
+    assert after.vms[0].phase == "Waiting" and after.vms[0].last_error == failed.failure
+    assert after.vms[0].retry_at == failed.finished + timedelta(seconds=20)  # second failure: 2x backoff
+    spent = step("plan", plan, replace(world, refused={"vm-0": replace(refusal, count=2)}), controls)
+    assert spent.vms[0].phase == "Failed"  # 3 failures > 2 retries
+
+
+def test_a_refused_cold_stop_counts_as_a_failed_attempt() -> None:
+    plan = entries(1, method="cold")
+    controls = Controls(retries=0, max_failures=0, on_failure="abort")
+    refusal = ex.Refusal(1, 1, "cold moves need runStrategy Always or RerunOnFailure, not Manual", T0)
+    world = World(T0, vmi_nodes=on_source(plan), refused={"vm-0": refusal})
+    result = step("plan", plan, world, controls)
+    assert result.vms[0].phase == "Failed" and result.vms[0].last_error == refusal.error
+    assert result.phase == "Failed" and not result.actions

@@ -126,6 +126,18 @@ def observed_cold_downtime_s(moves: Iterable[ColdMove]) -> float | None:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """The API refused to start a VM's attempt (KubeVirt's admission webhook, or the webhook down): no
+    object records it, so the operator remembers it, and it counts as a failed attempt. A restarted operator
+    has forgotten it: that VM gets its retries again."""
+
+    attempt: int  # the highest attempt number refused; the next try takes the one after it
+    count: int
+    error: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Controls:
     """Limits and switches from the spec and the operator's settings."""
 
@@ -162,6 +174,8 @@ class World:
     # When this operator first saw each failed migration (by name). Backoffs count from here, on the
     # operator's clock, not from KubeVirt's timestamps, which may come from another clock.
     failure_seen: Mapping[str, datetime] = field(default_factory=dict)
+    # Starts the API refused, by VM (see Refusal).
+    refused: Mapping[str, Refusal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -272,24 +286,45 @@ def observe(entry: Entry, world: World, controls: Controls) -> VMState:
         return replace(base, phase=VMPhase.SKIPPED, last_error="the VM has no running instance any more")
     if node is not None and node != entry.source and not attempts:
         return replace(base, phase=VMPhase.SKIPPED, last_error=f"moved to {node} outside the plan")
+    refusal = world.refused.get(entry.name)
     if last is None:
-        return base
+        return base if refusal is None else _after_failures(base, 0, None, "", refusal, world, controls)
     failures = sum(1 for a in attempts if a.phase == "Failed")
     failed_at = world.failure_seen.get(last.name) or last.finished or last.created
+    base = replace(base, migration=last.name, finished=last.finished)
     if not last.failure and world.now - failed_at < FAILURE_REASON_GRACE:
         # Real KubeVirt can mark a migration Failed a moment before it copies the reason over from the
         # VMI: a plan that ended at once would keep "the migration failed" instead of KubeVirt's words.
         return replace(
-            base, phase=VMPhase.MIGRATING, migration=last.name, recheck_at=failed_at + FAILURE_REASON_GRACE
+            base, phase=VMPhase.MIGRATING, finished=None, recheck_at=failed_at + FAILURE_REASON_GRACE
         )
     error = last.failure or "the migration failed"
+    return _after_failures(base, failures, failed_at, error, refusal, world, controls)
+
+
+def _after_failures(
+    base: VMState,
+    failures: int,
+    failed_at: datetime | None,
+    error: str,
+    refusal: Refusal | None,
+    world: World,
+    controls: Controls,
+) -> VMState:
+    """A VM whose latest attempt failed (or was refused): failed for good once its retries are spent,
+    otherwise waiting out its backoff, then planned again."""
+    if refusal is not None:
+        failures += refusal.count
+        base = replace(base, attempts=max(base.attempts, refusal.attempt))
+        if failed_at is None or refusal.at >= failed_at:
+            failed_at, error = refusal.at, refusal.error
+            base = replace(base, finished=refusal.at)
+    assert failed_at is not None  # a failure, or a refusal, is why we are here
     if failures > controls.retries:
-        return replace(
-            base, phase=VMPhase.FAILED, last_error=error, finished=last.finished, migration=last.name
-        )
+        return replace(base, phase=VMPhase.FAILED, last_error=error)
     retry_at = failed_at + timedelta(seconds=controls.backoff_s * 2 ** (failures - 1))
     phase = VMPhase.WAITING if retry_at > world.now else VMPhase.PLANNED
-    return replace(base, phase=phase, last_error=error, retry_at=retry_at, migration=last.name)
+    return replace(base, phase=phase, last_error=error, retry_at=retry_at, finished=None)
 
 
 def _observe_cold(
@@ -298,6 +333,13 @@ def _observe_cold(
     move = world.cold.get(entry.name)
     number = max(move.attempt if move else 0, expected)
     base = VMState(entry, VMPhase.PLANNED, attempts=number, node=node)
+    refusal = world.refused.get(entry.name)
+    if refusal is not None and refusal.attempt > number and has_vmi and node == entry.source:
+        # The stop was refused after any earlier move: every earlier attempt failed, or none was made.
+        failed_at = (move.finished or move.started) if move else None
+        return _after_failures(
+            base, number, failed_at, move.failure if move else "", refusal, world, controls
+        )
     if move is None or move.attempt < expected:
         if expected:
             return replace(base, phase=VMPhase.STOPPING)

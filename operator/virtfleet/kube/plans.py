@@ -141,6 +141,7 @@ def _world(runtime: Runtime, inputs: PlanInputs, now: datetime) -> World:
         world,
         expected=runtime.plan_expectations(inputs.uid, world.attempts, world.cold),
         failure_seen=runtime.failures_seen(inputs.uid, failed, now),
+        refused=dict(runtime.plan_refusals.get(inputs.uid, {})),
     )
 
 
@@ -158,9 +159,13 @@ async def _run(
     )
     result = plan_executor.step(inputs.name, plans.entries_of(status), _world(runtime, inputs, now), controls)
     hostnames = {n.name: n.labels.get(HOSTNAME_LABEL, n.name) for n in inputs.nodes}
-    await _act(runtime, inputs, status, result, hostnames, now, outcome)
+    refused = await _act(runtime, inputs, status, result, hostnames, now, outcome)
+    if refused:  # step again at once: the refused VMs wait out a backoff, or fail for good
+        result = plan_executor.step(
+            inputs.name, plans.entries_of(status), _world(runtime, inputs, now), controls
+        )
     changes = _patch(plans.running_status(spec, inputs, status, result, controls, now), status)
-    outcome.wake_at = result.wake_at
+    outcome.wake_at = _earliest(result.wake_at, runtime.expectations_lapse_in(inputs.uid), now)
     outcome.status = dict(status)
     # Status follows the plan at most once a second while only per-VM lines and counts move; a phase
     # change is written at once. The worker is then free to refill a freed slot without waiting on it.
@@ -177,6 +182,15 @@ async def _run(
     await _write_status(runtime, inputs, status, changes, outcome)
     if changes:
         runtime.plan_status_written[inputs.uid] = runtime.clock()
+
+
+def _earliest(at: datetime | None, lapse_in: float | None, now: datetime) -> datetime | None:
+    """The step's own wake-up, or when an unseen start is assumed lost, whichever comes first: a create
+    that never shows (lost, or refused without an answer) must not leave the plan waiting for an event."""
+    if lapse_in is None:
+        return at
+    lapse = now + timedelta(seconds=lapse_in)
+    return lapse if at is None else min(at, lapse)
 
 
 def _patch(desired: MigrationPlanStatus, status: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,9 +231,9 @@ async def _act(
     hostnames: Mapping[str, str],
     now: datetime,
     outcome: PlanOutcome,
-) -> None:
+) -> bool:
     """Carry out a step's actions concurrently (each concerns another VM): a slot freed is refilled as
-    fast as one API call allows."""
+    fast as one API call allows. True if the API refused a start (recorded in the runtime)."""
     kube = runtime.kube
     policy = bool(status.get("migrationPolicy"))
     labelled = {
@@ -228,8 +242,10 @@ async def _act(
         if placed.key.startswith(f"{inputs.namespace}/") and (PLAN_LABEL, inputs.uid) in placed.labels
     }
     semaphore = asyncio.Semaphore(ACTION_CONCURRENCY)
+    refused = False
 
     async def one(action: plan_executor.Action) -> None:
+        nonlocal refused
         try:
             async with semaphore:
                 if isinstance(action, StartMigration):
@@ -254,8 +270,17 @@ async def _act(
                 "migration plan %s/%s: %s failed: %s %s", inputs.namespace, inputs.name, action, error.status,
                 error.reason,
             )  # fmt: skip
+            if isinstance(action, StartMigration | StopForColdMove):
+                runtime.refuse_start(inputs.uid, action.vm, action.attempt, _refusal_text(error), now)
+                refused = True
 
     await asyncio.gather(*(one(action) for action in result.actions))
+    return refused
+
+
+def _refusal_text(error: ApiError) -> str:
+    """The API's own words for a refused start (KubeVirt's webhook says why), for the VM's status line."""
+    return f"refused by the API {error}"
 
 
 async def label_plan_vmis(kube: Kube, inputs: PlanInputs, names: Iterable[str]) -> None:

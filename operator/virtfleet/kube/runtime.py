@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from virtfleet.core.kubevirt_api import FULL_KUBEVIRT_API, KubeVirtAPI
-from virtfleet.core.plan_executor import Attempt, ColdMove
+from virtfleet.core.plan_executor import Attempt, ColdMove, Refusal
 from virtfleet.kube.client import Kube
 from virtfleet.settings import Settings
 
@@ -58,6 +58,7 @@ class Runtime:
     plan_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     plan_starts: dict[str, dict[str, tuple[int, float]]] = field(default_factory=lambda: defaultdict(dict))
     plan_failures_seen: dict[str, dict[str, datetime]] = field(default_factory=lambda: defaultdict(dict))
+    plan_refusals: dict[str, dict[str, Refusal]] = field(default_factory=lambda: defaultdict(dict))
     plan_status_written: dict[str, float] = field(default_factory=dict)  # monotonic time of the last write
     # What finished plan migrations and cold moves last showed (target start-up, cold downtime): kept when
     # the objects they came from go with their plans.
@@ -118,6 +119,21 @@ class Runtime:
                 del starts[vm]
         return {vm: attempt for vm, (attempt, _) in starts.items()}
 
+    def expectations_lapse_in(self, uid: str) -> float | None:
+        """Seconds until the oldest start still unseen is assumed lost: the plan must look again then,
+        even if no event comes (None: nothing awaited)."""
+        starts = self.plan_starts.get(uid)
+        if not starts:
+            return None
+        oldest = min(at for _, at in starts.values())
+        return max(0.0, oldest + EXPECTATION_TTL - self.clock())
+
+    def refuse_start(self, uid: str, vm: str, attempt: int, error: str, now: datetime) -> None:
+        """The API refused this start: it will never show in the watch, and it counts as a failed attempt."""
+        self.plan_starts.get(uid, {}).pop(vm, None)
+        earlier = self.plan_refusals[uid].get(vm)
+        self.plan_refusals[uid][vm] = Refusal(attempt, (earlier.count if earlier else 0) + 1, error, now)
+
     def failures_seen(self, uid: str, failed: list[str], now: datetime) -> dict[str, datetime]:
         """When each failed migration was first seen (a restart sees them all anew: one longer backoff)."""
         seen = self.plan_failures_seen[uid]
@@ -127,7 +143,7 @@ class Runtime:
 
     def forget_plan(self, uid: str) -> None:
         for table in (self.plan_triggers, self.running_plans, self.plan_status, self.plan_starts,
-                      self.plan_failures_seen, self.plan_status_written):  # fmt: skip
+                      self.plan_failures_seen, self.plan_refusals, self.plan_status_written):  # fmt: skip
             table.pop(uid, None)
 
     @staticmethod
