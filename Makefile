@@ -11,7 +11,7 @@ PYTEST_FLAGS ?=
 BENCH_FLAGS ?=
 
 .PHONY: kind-images kind-up kind-e2e kind-down test-local kubevirt-images kubevirt-up kubevirt-e2e kubevirt-demo bench-kubevirt
-.PHONY: help venv controlplane kstatus chart crds lint format typecheck contracts test-unit test-integration test-reliability e2e test demo demo-stop bench bench-twin bench-pools bench-operator bench-planner bench-report clean
+.PHONY: help venv controlplane kstatus chart crds lint format typecheck contracts test-unit test-integration test-reliability e2e test demo demo-stop bench bench-twin bench-pools bench-operator bench-planner bench-report bench-curves clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -118,9 +118,13 @@ demo-stop: venv ## stop everything `make demo` started
 bench: venv ## run every benchmark, then one table: bench/results/latest.json and <date>.md
 	@start=$$(date +%s); load="$$(cut -d' ' -f1-3 /proc/loadavg)"; status=0; \
 	echo "bench: started $$(date -u '+%F %T') UTC, load average $$load"; \
-	$(MAKE) --no-print-directory -k bench-twin bench-pools bench-operator bench-planner || status=$$?; \
+	$(MAKE) --no-print-directory -k bench-twin bench-pools bench-operator bench-planner bench-curves || status=$$?; \
 	$(BIN)/python bench/report.py --since $$start --load-start "$$load" || status=$$?; \
 	exit $$status
+
+bench-curves: venv ## draw the cost curves (docs/performance-curves.png) from the results
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/curves.py
 
 bench-report: venv ## the table from whatever bench/results/*.json hold now (no staleness check)
 	$(BIN)/python bench/report.py

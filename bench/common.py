@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from virtfleet.localcluster import LocalCluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,3 +44,24 @@ def git_revision() -> str:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     )
     return result.stdout.strip() or "unknown"
+
+
+# What the operator may write; kube-controller-manager's own writes (leases, nodes) are not counted.
+OPERATOR_RESOURCES = {"virtualmachines", "virtualmachinepools", "vmtemplates", "controllerrevisions", "events",
+                      "virtualmachineinstances", "migrationplans", "virtualmachineinstancemigrations",
+                      "migrationpolicies"}  # fmt: skip
+WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"}
+
+
+def api_writes(cluster: LocalCluster) -> int:
+    """Write requests so far to the resources the operator touches, from kube-apiserver's own counter."""
+    with urllib.request.urlopen(f"{cluster.server}/metrics", context=cluster._ssl_context()) as response:
+        text = response.read().decode()
+    total = 0
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if labels.get("verb") in WRITE_VERBS and labels.get("resource") in OPERATOR_RESOURCES:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total

@@ -15,6 +15,7 @@ from virtfleet.core.pools import (
     PoolSummary,
     desired_conditions,
     free_ordinals,
+    named,
     plan,
     resolve,
 )
@@ -159,3 +160,10 @@ def test_rollout_never_breaks_its_budgets(
     if len(members) <= replicas + max_surge:
         assert ready - deleted_ready >= min(ready, floor)
     assert len({m.name for m in result.delete}) == len(result.delete)
+
+
+def test_one_event_names_a_few_vms_and_counts_the_rest() -> None:
+    assert named("created", ["web-0"]) == "created VirtualMachine web-0"
+    assert named("deleted", ["web-3", "web-4"]) == "deleted 2 VirtualMachines: web-3, web-4"
+    many = [f"web-{i}" for i in range(500)]
+    assert named("created", many) == "created 500 VirtualMachines: web-0, web-1, web-2 and 497 more"

@@ -54,7 +54,10 @@ async def test_a_new_pool_creates_its_vms_and_writes_status_once() -> None:
     outcome = await reconcile_pool(runtime_with(kube), inputs())
     assert sorted(kube.writes("create", "virtualmachines")) == ["ns/web-0", "ns/web-1"]
     assert kube.writes("patch/status", "virtualmachinepools") == ["ns/web"]
-    assert [reason for _, reason, _ in outcome.events] == [reasons.SUCCESSFUL_CREATE] * 2
+    # One event for what the reconcile did, not one per VM.
+    assert outcome.events == [
+        ("Normal", reasons.SUCCESSFUL_CREATE, "created 2 VirtualMachines: web-0, web-1")
+    ]
     assert outcome.status["updateRevision"] == DIGEST and outcome.status["pendingReplicas"] == 0
     # The creates are in flight until the watch shows them: look again when they would expire.
     assert outcome.wake_at is not None and outcome.wake_at > NOW

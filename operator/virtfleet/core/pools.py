@@ -82,6 +82,20 @@ class PoolPlan:
         return bool(self.create or self.delete or self.live_update)
 
 
+NAMES_SHOWN = 3  # an event about many VMs names this many, then counts the rest
+
+
+def named(verb: str, names: Sequence[str], what: str = "VirtualMachine") -> str:
+    """One event message for what a reconcile did to many VMs: posting one Event per VM made 5,000 Event
+    writes after a 5,000-VM scale-out, seconds of work after the pools were done (and what client-go's
+    event correlator would have folded anyway)."""
+    if len(names) == 1:
+        return f"{verb} {what} {names[0]}"
+    shown = ", ".join(names[:NAMES_SHOWN])
+    more = len(names) - NAMES_SHOWN
+    return f"{verb} {len(names)} {what}s: {shown}" + (f" and {more} more" if more > 0 else "")
+
+
 def resolve(value: str, replicas: int, round_up: bool) -> int:
     """An int-or-percent budget against `replicas` (surge rounds up, unavailability down, as Deployments)."""
     if value.endswith("%"):

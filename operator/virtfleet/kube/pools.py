@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from virtfleet.api import reasons
-from virtfleet.core.pools import Defaults, Member, PoolInputs, PoolPlan, Rendering, decide
+from virtfleet.core.pools import Defaults, Member, PoolInputs, PoolPlan, Rendering, decide, named
 from virtfleet.core.render import live_update_patch, render_vm, vm_name
 from virtfleet.core.status import differing, wire
 from virtfleet.kube.client import VIRTUAL_MACHINE_POOLS, VIRTUAL_MACHINES, ApiError, Conflict, NotFound
@@ -94,7 +95,7 @@ async def _execute(
                 return  # it exists already (a restart, or a stale cache): nothing duplicated
             except ApiError as error:
                 expectations.creates.pop(name, None)
-                outcome.events.append(("Warning", reasons.FAILED_CREATE, f"{name}: {error}"))
+                refused[str(error)].append(name)
                 return
             except BaseException:
                 # No answer (connection refused or reset, timeout, cancelled): whether the VM was made is
@@ -102,7 +103,7 @@ async def _execute(
                 # it (a second create of the same name is refused, so nothing is duplicated).
                 expectations.creates.pop(name, None)
                 raise
-        outcome.events.append(("Normal", reasons.SUCCESSFUL_CREATE, f"created VirtualMachine {name}"))
+        created.append(name)
 
     async def delete(member: Member) -> None:
         expectations.deletes[member.name] = runtime.clock()
@@ -114,25 +115,43 @@ async def _execute(
             except BaseException:
                 expectations.deletes.pop(member.name, None)  # no answer: unknown, as for creates
                 raise
-        outcome.events.append(("Normal", reasons.SUCCESSFUL_DELETE, f"deleted VirtualMachine {member.name}"))
+        deleted.append(member.name)
 
     async def live_update(member: Member) -> None:
         vm = render_vm(context, tname, digest, template, member.ordinal)
         async with semaphore:
             await kube.patch(VIRTUAL_MACHINES, inputs.namespace, member.name, live_update_patch(vm))
-        outcome.events.append(
-            (
-                "Normal",
-                reasons.HOT_PLUGGED,
-                f"{member.name} moved to revision {digest} without a restart",
-            )
-        )
+        updated.append(member.name)
 
-    await asyncio.gather(
-        *(create(o) for o in result.create),
-        *(delete(m) for m in result.delete),
-        *(live_update(m) for m in result.live_update),
-    )
+    created: list[str] = []
+    deleted: list[str] = []
+    updated: list[str] = []
+    refused: defaultdict[str, list[str]] = defaultdict(list)  # the API's answer -> VMs it refused
+    try:
+        await asyncio.gather(
+            *(create(o) for o in result.create),
+            *(delete(m) for m in result.delete),
+            *(live_update(m) for m in result.live_update),
+        )
+    finally:  # what was done is reported, even when a write had no answer
+        for reason, verb, names in ((reasons.SUCCESSFUL_CREATE, "created", created),
+                                    (reasons.SUCCESSFUL_DELETE, "deleted", deleted)):  # fmt: skip
+            if names:
+                outcome.events.append(("Normal", reason, named(verb, sorted(names, key=_ordinal))))
+        if updated:
+            message = (
+                named("moved", sorted(updated, key=_ordinal)) + f" to revision {digest} without a restart"
+            )
+            outcome.events.append(("Normal", reasons.HOT_PLUGGED, message))
+        for error, names in refused.items():
+            message = named("could not create", sorted(names, key=_ordinal)) + f": {error}"
+            outcome.events.append(("Warning", reasons.FAILED_CREATE, message))
+
+
+def _ordinal(name: str) -> tuple[str, int]:
+    """pool-9 before pool-10."""
+    prefix, _, number = name.rpartition("-")
+    return (prefix, int(number)) if number.isdigit() else (name, -1)
 
 
 async def _write_status(runtime: Runtime, inputs: PoolInputs, status: dict[str, Any]) -> None:
