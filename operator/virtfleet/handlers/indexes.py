@@ -1,68 +1,97 @@
-"""In-memory indexes kopf keeps from its watches: compact facts about VMs, VMIs, nodes, templates,
-revisions and pools. Index functions only describe objects; the event handlers beside them wake the
-pools a change concerns. kopf runs indexers before event handlers for each event, so a woken pool
-always reads the index with that event in it."""
+"""In-memory indexes of compact facts: about nodes, pods, templates, revisions and pools, kept by kopf
+from its watches, and about VMs and VMIs, kept by the operator's own informers (kube.informer: thousands
+of them would make kopf's start quadratic). Index functions only describe objects; the event handlers beside them
+wake the pools a change concerns. kopf runs indexers before event handlers for each event, and the
+informer files a VM before it wakes anyone, so a woken pool always reads the index with that event in it."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 
-from virtfleet.api.labels import POOL_LABEL, TEMPLATE_LABEL
-from virtfleet.core.capacity import NodeFacts
+from virtfleet.api.labels import COLD_MOVE_ANNOTATION, POOL_LABEL, TEMPLATE_LABEL
+from virtfleet.core.capacity import NodeFacts, Placed
 from virtfleet.core.revisions import TemplateFacts
 from virtfleet.kube.client import (
     CONTROLLER_REVISIONS,
     NODES,
     PODS,
-    VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINE_POOLS,
-    VIRTUAL_MACHINES,
     VM_TEMPLATES,
 )
-from virtfleet.kube.facts import LAUNCHER, member_of, other_pod_of, placed_of
+from virtfleet.kube.facts import LAUNCHER, cold_move_of, member_of, other_pod_of, placed_of
+from virtfleet.kube.informer import Changed, Indexer
 from virtfleet.kube.revisions import revision_of
-from virtfleet.kube.runtime import Runtime
+from virtfleet.kube.runtime import PoolKey, Runtime
 
 # Async handlers run on the event loop; sync ones would go through a thread pool for every event.
 # An index function returns {} (not None) for an object that no longer belongs in the index: kopf keeps
 # an object's previous entries when its function returns None.
 
 
-@kopf.index(*VIRTUAL_MACHINES.gvr, labels={POOL_LABEL: kopf.PRESENT})
-async def pool_members(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
-    """(namespace, pool) -> the pool's VMs."""
-    member = member_of(body)
-    return {(namespace, labels[POOL_LABEL]): member} if member is not None else {}
+def pool_member_entry(body: Mapping[str, Any]) -> dict[Any, Any]:
+    """(namespace, pool) -> the VM's facts, for a VM of a pool (the VM informer's "pool_members")."""
+    meta = body.get("metadata") or {}
+    pool = (meta.get("labels") or {}).get(POOL_LABEL)
+    member = member_of(body) if pool else None
+    return {(meta.get("namespace") or "", pool): member} if member is not None else {}
 
 
-@kopf.on.event(*VIRTUAL_MACHINES.gvr, labels={POOL_LABEL: kopf.PRESENT})
-async def member_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    """Any change of a pool VM, deletion included, wakes its pool."""
-    runtime: Runtime | None = memo.get("runtime")
-    if runtime is not None:
-        runtime.wake((namespace or "", labels[POOL_LABEL]))
+def cold_move_entry(body: Mapping[str, Any]) -> dict[Any, Any]:
+    """Plan UID -> the VM's cold move, for a VM in one (the VM informer's "cold_moves")."""
+    found = (
+        cold_move_of(body)
+        if COLD_MOVE_ANNOTATION in ((body.get("metadata") or {}).get("annotations") or {})
+        else None
+    )
+    return {found[0]: found[1]} if found is not None else {}
 
 
-@kopf.index(*VIRTUAL_MACHINE_INSTANCES.gvr)
-async def placements(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
-    """All VMIs' footprints, for capacity accounting."""
-    runtime: Runtime | None = memo.get("runtime")
-    ratio = runtime.settings.kubevirt_cpu_allocation_ratio if runtime else 10.0
-    placed = placed_of(body, ratio)
-    return {None: placed} if placed is not None else {}
+VM_INDEXERS = {"pool_members": pool_member_entry, "cold_moves": cold_move_entry}
 
 
-@kopf.on.event(*VIRTUAL_MACHINE_INSTANCES.gvr)
-async def vmi_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """A VMI placed, moved or gone changes capacity for pools waiting on it, and readiness for its own."""
-    runtime: Runtime | None = memo.get("runtime")
-    if runtime is not None:
+def vms_changed(runtime: Runtime, changed: Changed) -> None:
+    """A pool VM's facts changed, deletion included: wake its pool; a cold move's: wake its plan."""
+    for key in changed.get("pool_members", ()):
+        runtime.wake(cast(PoolKey, key))
+    for plan in changed.get("cold_moves", ()):
+        runtime.wake_plan(str(plan))
+
+
+def vmi_indexers(cpu_allocation_ratio: float) -> dict[str, Indexer]:
+    """The VMI informer's indexes: every VMI's footprint under None ("placements", for capacity), and the
+    same under its namespace and under its pool, so a change wakes the plans and the pool it concerns."""
+
+    def filed(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], Placed | None]:
+        return body.get("metadata") or {}, placed_of(body, cpu_allocation_ratio)
+
+    def placements(body: Mapping[str, Any]) -> dict[Any, Any]:
+        placed = filed(body)[1]
+        return {None: placed} if placed is not None else {}
+
+    def by_namespace(body: Mapping[str, Any]) -> dict[Any, Any]:
+        meta, placed = filed(body)
+        return {meta.get("namespace") or "": placed} if placed is not None else {}
+
+    def by_pool(body: Mapping[str, Any]) -> dict[Any, Any]:
+        meta, placed = filed(body)
+        pool = (meta.get("labels") or {}).get(POOL_LABEL)
+        return {(meta.get("namespace") or "", pool): placed} if placed is not None and pool else {}
+
+    return {"placements": placements, "vmi_namespaces": by_namespace, "vmi_pools": by_pool}
+
+
+def vmis_changed(runtime: Runtime, changed: Changed) -> None:
+    """A VMI placed, moved, started or gone: capacity changed for pools waiting on it, its pool's VMs and
+    the running plans of its namespace may have moved on."""
+    if "placements" in changed:
         runtime.wake_capacity_waiters()
-        runtime.wake_running_plans(namespace)
-        if POOL_LABEL in labels:
-            runtime.wake((namespace or "", labels[POOL_LABEL]))
+    for namespace in changed.get("vmi_namespaces", ()):
+        runtime.wake_running_plans(str(namespace))
+    for key in changed.get("vmi_pools", ()):
+        runtime.wake(cast(PoolKey, key))
 
 
 @kopf.index(*NODES.gvr)

@@ -1,5 +1,5 @@
 """MigrationPlan handlers: one worker per plan that plans, starts and runs it whenever woken, and the
-indexes that tell it about its migrations and cold moves."""
+indexes that tell it about its migrations (its cold moves come from the VM informer)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 import kopf
 
 from virtfleet import metrics
-from virtfleet.api.labels import COLD_MOVE_ANNOTATION, PLAN_LABEL
+from virtfleet.api.labels import PLAN_LABEL
 from virtfleet.api.migrationplan import PlanPhase
 from virtfleet.core.capacity import with_other_pods
 from virtfleet.core.plan_executor import observed_cold_downtime_s, observed_setup_s
 from virtfleet.handlers.worker import RETRY_AFTER_FAILURE, measured, post_events, run_worker, seconds_until
-from virtfleet.kube.client import MIGRATION_PLANS, MIGRATIONS, VIRTUAL_MACHINES
-from virtfleet.kube.facts import attempt_of, cold_move_of, in_flight_of
+from virtfleet.kube.client import MIGRATION_PLANS, MIGRATIONS
+from virtfleet.kube.facts import attempt_of, in_flight_of
 from virtfleet.kube.plans import PlanInputs, delete_plan_objects, reconcile_plan
 from virtfleet.kube.runtime import Runtime
 
@@ -47,21 +47,6 @@ async def migration_changed(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> N
     runtime.wake_running_plans()
 
 
-@kopf.index(*VIRTUAL_MACHINES.gvr, annotations={COLD_MOVE_ANNOTATION: kopf.PRESENT})
-async def cold_moves(body: kopf.Body, **_: Any) -> Any:
-    """Plan UID -> its cold moves, as recorded on the VMs."""
-    found = cold_move_of(body)
-    return {found[0]: found[1]} if found is not None else {}
-
-
-@kopf.on.event(*VIRTUAL_MACHINES.gvr, annotations={COLD_MOVE_ANNOTATION: kopf.PRESENT})
-async def cold_move_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    runtime: Runtime | None = memo.get("runtime")
-    found = cold_move_of(body)
-    if runtime is not None and found is not None:
-        runtime.wake_plan(found[0])
-
-
 @kopf.on.event(*MIGRATION_PLANS.gvr)
 async def plan_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
     """Spec edits (pause, cancel, limits): wake the plan's worker."""
@@ -77,7 +62,7 @@ async def plan_deleted(
     """Remove what the garbage collector cannot (the cluster-scoped MigrationPolicy) and start VMs
     stopped for a cold move; migrations go with the plan by owner reference."""
     runtime: Runtime = memo["runtime"]
-    moves = list(kwargs["cold_moves"].get(uid, ()))
+    moves = list((await runtime.vm_index("cold_moves")).get(uid, ()))
     spec, status = body.get("spec") or {}, body.get("status") or {}
     uncordon = list(status.get("cordonedNodes") or []) if spec.get("uncordonWhenDone") else []
     await delete_plan_objects(runtime.kube, namespace or "", uid, moves, runtime.now(), name, uncordon)
@@ -120,6 +105,7 @@ async def _reconcile(
     indexes: dict[str, Any],
 ) -> float | None:
     """One pass; returns the seconds until something becomes due without an event (None: nothing)."""
+    cold_moves = await runtime.vm_index("cold_moves")
     # Our own last write wins over the body kopf holds, which may not show it yet.
     status = runtime.plan_status.get(uid) or dict(body.get("status") or {})
     frozen = bool(status.get("startedAt"))
@@ -130,7 +116,7 @@ async def _reconcile(
         generation=int(body.metadata.get("generation") or 0),
         spec=dict(body.get("spec") or {}),
         status=status,
-        placements=list(indexes["placements"].get(None, ())),
+        placements=await runtime.placements(),
         nodes=with_other_pods(indexes["nodes"].get(None, ()), indexes["other_pods"]),
         pool_ratios={
             pool: ratios
@@ -139,7 +125,7 @@ async def _reconcile(
             for ratios in values
         },
         attempts=list(indexes["plan_migrations"].get(uid, ())),
-        cold_moves=list(indexes["cold_moves"].get(uid, ())),
+        cold_moves=list(cold_moves.get(uid, ())),
         in_flight=list(indexes["migrations_in_flight"].get(None, ())),
         # Only a plan not yet frozen is estimated: the other plans' migrations are read only then.
         setup_s=None
@@ -149,9 +135,7 @@ async def _reconcile(
         ),
         cold_downtime_s=None
         if frozen
-        else runtime.learn(
-            "cold", observed_cold_downtime_s(chain.from_iterable(indexes["cold_moves"].values()))
-        ),
+        else runtime.learn("cold", observed_cold_downtime_s(chain.from_iterable(cold_moves.values()))),
     )
     outcome = await measured(KIND, logger, reconcile_plan(runtime, inputs))
     if outcome is None:

@@ -40,8 +40,6 @@ async def pool_worker(
     namespace = namespace or ""
     key = (namespace, name)
     # kopf injects its indexes by name.
-    pool_members: kopf.Index[Any, Any] = kwargs["pool_members"]
-    placements: kopf.Index[Any, Any] = kwargs["placements"]
     nodes: kopf.Index[Any, Any] = kwargs["nodes"]
     other_pods: kopf.Index[Any, Any] = kwargs["other_pods"]
     templates: kopf.Index[Any, Any] = kwargs["templates"]
@@ -49,6 +47,7 @@ async def pool_worker(
     pools_by_template: kopf.Index[Any, Any] = kwargs["pools_by_template"]
 
     async def reconcile() -> float | None:
+        pool_members = await runtime.vm_index("pool_members")
         template_name = (body.get("spec") or {}).get("templateRef", {}).get("name", "")
         runtime.use_template(key, template_name)
         inputs = PoolInputs(
@@ -61,7 +60,7 @@ async def pool_worker(
             template=next(iter(templates.get((namespace, template_name), ())), None),
             revisions=list(revisions.get((namespace, template_name), ())),
             members=list(pool_members.get(key, ())),
-            placements=list(placements.get(None, ())),
+            placements=await runtime.placements(),
             nodes=with_other_pods(nodes.get(None, ()), other_pods),
         )
         outcome = await measured(KIND, logger, reconcile_pool(runtime, inputs))

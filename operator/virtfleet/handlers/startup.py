@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -9,9 +11,11 @@ import kopf
 
 from virtfleet import metrics
 from virtfleet.core.capacity import with_other_pods
+from virtfleet.handlers.indexes import VM_INDEXERS, vmi_indexers, vmis_changed, vms_changed
 from virtfleet.kube import credentials
-from virtfleet.kube.client import Kube
+from virtfleet.kube.client import VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES, Kube
 from virtfleet.kube.discovery import discover_kubevirt
+from virtfleet.kube.informer import Informer
 from virtfleet.kube.runtime import Runtime
 from virtfleet.settings import Settings
 
@@ -38,14 +42,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
     kube.on_response = lambda verb, code: metrics.API_REQUESTS.labels(verb, str(code)).inc()
     kubevirt = await discover_kubevirt(kube)
     metrics.KUBEVIRT_INFO.labels(kubevirt.version, str(kubevirt.max_downtime_supported).lower()).set(1)
-    memo["runtime"] = Runtime(kube, config, kubevirt=kubevirt)
-    _register_fleet_metrics(indexes)
+    runtime = Runtime(kube, config, kubevirt=kubevirt)
+    runtime.vms = Informer(
+        kube, VIRTUAL_MACHINES, VM_INDEXERS, lambda changed: vms_changed(runtime, changed), config.namespaces
+    )
+    runtime.vmis = Informer(
+        kube, VIRTUAL_MACHINE_INSTANCES, vmi_indexers(config.kubevirt_cpu_allocation_ratio),
+        lambda changed: vmis_changed(runtime, changed), config.namespaces,
+    )  # fmt: skip
+    memo["runtime"] = runtime
+    memo["informers"] = [
+        asyncio.create_task(informer.run(), name=f"informer:{informer.ref.plural}")
+        for informer in (runtime.vms, runtime.vmis)
+    ]
+    _register_fleet_metrics(indexes, runtime)
     metrics.serve(config.metrics_port)
 
 
-def _register_fleet_metrics(indexes: dict[str, Any]) -> None:
-    """Per-node and per-template series, computed at scrape time from kopf's live indexes."""
-    nodes, placements = indexes["nodes"], indexes["placements"]
+def _register_fleet_metrics(indexes: dict[str, Any], runtime: Runtime) -> None:
+    """Per-node and per-template series, computed at scrape time from the live indexes."""
+    nodes = indexes["nodes"]
+    assert runtime.vmis is not None
+    placements = runtime.vmis.indexes["placements"]
     revisions, pools_by_template = indexes["revisions"], indexes["pools_by_template"]
     metrics.register_fleet(
         metrics.FleetCollector(
@@ -64,7 +82,11 @@ def _register_fleet_metrics(indexes: dict[str, Any]) -> None:
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    """Close the API client's connections."""
+    """Stop the informers; close the API client's connections."""
+    for task in memo.get("informers") or []:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.kube.close()

@@ -29,11 +29,9 @@ async def reconcile_vmtemplate(
     """Validate; store the spec as an immutable revision; report both in status; drop unused revisions."""
     runtime: Runtime = memo["runtime"]
     namespace = namespace or ""
-    revisions, pools_by_template, pool_members = (
-        kwargs["revisions"],
-        kwargs["pools_by_template"],
-        kwargs["pool_members"],
-    )
+    revisions, pools_by_template = kwargs["revisions"], kwargs["pools_by_template"]
+    # Unused revisions are collected below: every pool's VMs must be known first.
+    pool_members = await runtime.vm_index("pool_members")
     try:
         verdict = await reconcile_template(
             runtime,

@@ -13,6 +13,7 @@ from typing import Any
 from virtfleet.core.kubevirt_api import FULL_KUBEVIRT_API, KubeVirtAPI
 from virtfleet.core.plan_executor import Attempt, ColdMove, Refusal
 from virtfleet.kube.client import Kube
+from virtfleet.kube.informer import FactIndex, Informer
 from virtfleet.settings import Settings
 
 PoolKey = tuple[str, str]  # (namespace, pool name)
@@ -63,6 +64,25 @@ class Runtime:
     # What finished plan migrations and cold moves last showed (target start-up, cold downtime): kept when
     # the objects they came from go with their plans.
     learned: dict[str, float] = field(default_factory=dict)
+    # The VMs and VMIs, from the operator's own informers (started with the operator; see kube.informer).
+    vms: Informer | None = None
+    vmis: Informer | None = None
+
+    async def vm_index(self, name: str) -> FactIndex[Any]:
+        """One of the VM informer's indexes ("pool_members", "cold_moves") once its first list is filed: a
+        pool reconciled before would count none of its VMs."""
+        return await self._index(self.vms, name)
+
+    async def placements(self) -> list[Any]:
+        """Every VMI's footprint (core.capacity.Placed), once the VMI informer's first list is filed."""
+        return list((await self._index(self.vmis, "placements")).get(None, ()))
+
+    @staticmethod
+    async def _index(informer: Informer | None, name: str) -> FactIndex[Any]:
+        if informer is None:
+            raise RuntimeError(f"the informer for {name} was not started")
+        await informer.synced.wait()
+        return informer.indexes[name]
 
     def learn(self, what: str, observed_s: float | None) -> float | None:
         """The figure to estimate with: what finished work shows now, else what it last showed (None before
