@@ -370,7 +370,7 @@ async def restart(
             fresh.alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the restarted operator never reported {level.vms} VMs: {seen}")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.25)  # a scrape renders 500 nodes: not too often
         await wait_quiet(fresh.pid, 300)
     level.resync_s = time.monotonic() - QUIET_WINDOW - fresh.started
     await asyncio.sleep(2)  # a write that follows the quiet second is still the resync's
