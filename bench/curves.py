@@ -31,7 +31,7 @@ PANELS = (
     ("peak_rss_mib", "Peak RSS (VmHWM) of the process that grew the fleet", "MiB"),
     ("resync_seconds", "Restart: process start -> every VM seen, idle", "s"),
     ("first_create_p50_ms", "Replicas change -> first create, p50", "ms"),
-    ("busy_after_settled_seconds", "Busy after every pool reported its VMs", "s"),
+    ("busy_after_settled_seconds", "Busy after every pool reported its VMs (1 s steps)", "s"),
 )
 
 
@@ -57,6 +57,13 @@ def growth_exponent(points: list[tuple[int, float]]) -> float | None:
     return math.log(v1 / v0) / math.log(n1 / n0)
 
 
+def per_thousand(points: list[tuple[int, float]]) -> float:
+    """What 1,000 more VMs add, from the smallest to the largest size: a curve with a fixed base (the
+    interpreter, imports) grows linearly if this holds while the exponent stays well under 1."""
+    (n0, v0), (n1, v1) = points[0], points[-1]
+    return (v1 - v0) / (n1 - n0) * 1000 if n1 != n0 else 0.0
+
+
 def draw(found: dict[str, list[tuple[int, float]]], out: Path) -> None:
     import matplotlib
 
@@ -67,7 +74,7 @@ def draw(found: dict[str, list[tuple[int, float]]], out: Path) -> None:
     panels = [p for p in panels if p[0] in found]
     columns = 3
     rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.4 * columns, 3.9 * rows), squeeze=False)
     for ax, (name, title, unit) in zip(axes.flat, panels, strict=False):
         sizes, values = zip(*found[name], strict=True)
         ax.plot(sizes, values, marker="o")
@@ -77,7 +84,11 @@ def draw(found: dict[str, list[tuple[int, float]]], out: Path) -> None:
             ax.set_xscale("log")
             ax.set_yscale("log")
         exponent = growth_exponent(found[name])
-        suffix = f"  (growth ~ VMs^{exponent:.2f})" if exponent is not None else ""
+        suffix = (
+            f"\n~VMs^{exponent:.2f}; +{per_thousand(found[name]):.3g} {unit} per 1,000 VMs"
+            if exponent is not None
+            else ""
+        )
         ax.set_title(title + suffix, fontsize=9)
         ax.set_xlabel("VMs")
         ax.set_ylabel(unit)
@@ -104,7 +115,9 @@ def main() -> None:
         raise SystemExit("no curve_* figures in bench/results/operator_scale.json: run make bench-operator")
     for name, points in found.items():
         exponent = growth_exponent(points)
-        shape = "n/a" if exponent is None else f"VMs^{exponent:.2f}"
+        shape = (
+            "n/a" if exponent is None else f"VMs^{exponent:.2f}, +{per_thousand(points):.3g} per 1,000 VMs"
+        )
         print(f"{name:<28} " + "  ".join(f"{n}: {v:g}" for n, v in points) + f"   growth {shape}")
     draw(found, args.out)
 

@@ -12,8 +12,8 @@ from aiohttp import web
 from test_kube_client import served
 
 from virtfleet.api.labels import ORDINAL_LABEL, POOL_LABEL
-from virtfleet.handlers.indexes import VM_INDEXERS
-from virtfleet.kube.client import VIRTUAL_MACHINES
+from virtfleet.handlers.indexes import NOT_LAUNCHERS, POD_INDEXERS, VM_INDEXERS
+from virtfleet.kube.client import PODS, VIRTUAL_MACHINES
 from virtfleet.kube.informer import Changed, Informer
 
 WEB = ("ns", "web")
@@ -148,3 +148,30 @@ async def test_an_operator_confined_to_namespaces_lists_and_watches_each_of_them
             done.set()
         assert sorted(informer.indexes["pool_members"]) == [("a", "web"), ("b", "web")]
     assert sorted(set(paths)) == [f"/apis/kubevirt.io/v1/namespaces/{n}/virtualmachines" for n in ("a", "b")]
+
+
+async def test_a_label_selector_keeps_excluded_objects_off_the_wire() -> None:
+    queries: list[dict[str, str]] = []
+    done = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        queries.append(dict(request.query))
+        if request.query.get("watch") == "true":
+            await done.wait()
+            return web.Response()
+        pod = {"metadata": {"name": "etcd", "namespace": "kube-system", "uid": "u1"},
+               "spec": {"nodeName": "n1", "containers": [{"resources": {"requests": {"cpu": "100m"}}}]}}  # fmt: skip
+        return web.json_response({"metadata": {"resourceVersion": "9"}, "items": [pod]})
+
+    async for kube in served(answer):
+        informer = Informer(kube, PODS, POD_INDEXERS, label_selector=NOT_LAUNCHERS)
+        task = asyncio.create_task(informer.run())
+        try:
+            await asyncio.wait_for(informer.synced.wait(), 5)
+            while len(queries) < 2:  # the watch follows the list
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            done.set()
+        assert informer.indexes["other_pods"]["n1"] == [(100, 0)]
+    assert [q["labelSelector"] for q in queries] == ["kubevirt.io!=virt-launcher"] * 2

@@ -1,5 +1,5 @@
-"""In-memory indexes of compact facts: about nodes, pods, templates, revisions and pools, kept by kopf
-from its watches, and about VMs and VMIs, kept by the operator's own informers (kube.informer: thousands
+"""In-memory indexes of compact facts: about nodes, templates, revisions and pools, kept by kopf from
+its watches, and about VMs, VMIs and pods, kept by the operator's own informers (kube.informer: thousands
 of them would make kopf's start quadratic). Index functions only describe objects; the event handlers beside them
 wake the pools a change concerns. kopf runs indexers before event handlers for each event, and the
 informer files a VM before it wakes anyone, so a woken pool always reads the index with that event in it."""
@@ -17,7 +17,6 @@ from virtfleet.core.revisions import TemplateFacts
 from virtfleet.kube.client import (
     CONTROLLER_REVISIONS,
     NODES,
-    PODS,
     VIRTUAL_MACHINE_POOLS,
     VM_TEMPLATES,
 )
@@ -100,18 +99,23 @@ async def nodes(body: kopf.Body, **_: Any) -> Any:
     return {None: NodeFacts.from_node(body)}
 
 
-@kopf.index(*PODS.gvr)
-async def other_pods(body: kopf.Body, **_: Any) -> Any:
-    """Node -> requests of its pods that are not VMs: the scheduler counts them, so capacity must too."""
+# virt-launcher pods are the VMIs themselves (counted from the VMI): the API server leaves them out.
+NOT_LAUNCHERS = f"{LAUNCHER[0]}!={LAUNCHER[1]}"
+
+
+def other_pod_entry(body: Mapping[str, Any]) -> dict[Any, Any]:
+    """Node -> requests of a pod that is not a VM (the pod informer's "other_pods"): the scheduler counts
+    them, so capacity must too."""
     found = other_pod_of(body)
     return {found[0]: found[1]} if found is not None else {}
 
 
-@kopf.on.event(*PODS.gvr, when=lambda labels, **_: labels.get(LAUNCHER[0]) != LAUNCHER[1])
-async def other_pod_changed(memo: kopf.Memo, **_: Any) -> None:
+POD_INDEXERS = {"other_pods": other_pod_entry}
+
+
+def pods_changed(runtime: Runtime, changed: Changed) -> None:
     """A non-VM pod bound, resized or gone changes what pools waiting for room can create."""
-    runtime: Runtime | None = memo.get("runtime")
-    if runtime is not None:
+    if changed:
         runtime.wake_capacity_waiters()
 
 

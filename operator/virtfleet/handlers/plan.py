@@ -117,7 +117,7 @@ async def _reconcile(
         spec=dict(body.get("spec") or {}),
         status=status,
         placements=await runtime.placements(),
-        nodes=with_other_pods(indexes["nodes"].get(None, ()), indexes["other_pods"]),
+        nodes=with_other_pods(indexes["nodes"].get(None, ()), await runtime.other_pods()),
         pool_ratios={
             pool: ratios
             for (ns, pool), values in indexes["pool_ratios"].items()

@@ -41,7 +41,6 @@ async def pool_worker(
     key = (namespace, name)
     # kopf injects its indexes by name.
     nodes: kopf.Index[Any, Any] = kwargs["nodes"]
-    other_pods: kopf.Index[Any, Any] = kwargs["other_pods"]
     templates: kopf.Index[Any, Any] = kwargs["templates"]
     revisions: kopf.Index[Any, Any] = kwargs["revisions"]
     pools_by_template: kopf.Index[Any, Any] = kwargs["pools_by_template"]
@@ -61,7 +60,7 @@ async def pool_worker(
             revisions=list(revisions.get((namespace, template_name), ())),
             members=list(pool_members.get(key, ())),
             placements=await runtime.placements(),
-            nodes=with_other_pods(nodes.get(None, ()), other_pods),
+            nodes=with_other_pods(nodes.get(None, ()), await runtime.other_pods()),
         )
         outcome = await measured(KIND, logger, reconcile_pool(runtime, inputs))
         if outcome is None:

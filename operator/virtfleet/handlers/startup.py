@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 
 from virtfleet import metrics
 from virtfleet.core.capacity import with_other_pods
-from virtfleet.handlers.indexes import VM_INDEXERS, vmi_indexers, vmis_changed, vms_changed
+from virtfleet.handlers.indexes import (
+    NOT_LAUNCHERS,
+    POD_INDEXERS,
+    VM_INDEXERS,
+    pods_changed,
+    vmi_indexers,
+    vmis_changed,
+    vms_changed,
+)
 from virtfleet.kube import credentials
-from virtfleet.kube.client import VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES, Kube
+from virtfleet.kube.client import PODS, VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES, Kube
 from virtfleet.kube.discovery import discover_kubevirt
 from virtfleet.kube.informer import Informer
 from virtfleet.kube.runtime import Runtime
@@ -50,10 +59,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
         kube, VIRTUAL_MACHINE_INSTANCES, vmi_indexers(config.kubevirt_cpu_allocation_ratio),
         lambda changed: vmis_changed(runtime, changed), config.namespaces,
     )  # fmt: skip
+    runtime.pods = Informer(
+        kube, PODS, POD_INDEXERS, lambda changed: pods_changed(runtime, changed), config.namespaces,
+        label_selector=NOT_LAUNCHERS,
+    )  # fmt: skip
     memo["runtime"] = runtime
     memo["informers"] = [
         asyncio.create_task(informer.run(), name=f"informer:{informer.ref.plural}")
-        for informer in (runtime.vms, runtime.vmis)
+        for informer in (runtime.vms, runtime.vmis, runtime.pods)
     ]
     _register_fleet_metrics(indexes, runtime)
     metrics.serve(config.metrics_port)
@@ -62,12 +75,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
 def _register_fleet_metrics(indexes: dict[str, Any], runtime: Runtime) -> None:
     """Per-node and per-template series, computed at scrape time from the live indexes."""
     nodes = indexes["nodes"]
-    assert runtime.vmis is not None
+    assert runtime.vmis is not None and runtime.pods is not None
     placements = runtime.vmis.indexes["placements"]
+    other_pods = cast(Mapping[str, list[tuple[int, int]]], runtime.pods.indexes["other_pods"])
     revisions, pools_by_template = indexes["revisions"], indexes["pools_by_template"]
     metrics.register_fleet(
         metrics.FleetCollector(
-            nodes=lambda: with_other_pods(nodes.get(None, ()), indexes["other_pods"]),
+            nodes=lambda: with_other_pods(nodes.get(None, ()), other_pods),
             placements=lambda: [(p.requests, p.node) for p in placements.get(None, ())],
             revisions=lambda: [(ns, t, r.digest) for (ns, t), store in revisions.items() for r in store],
             revisions_in_use=lambda: [

@@ -305,14 +305,17 @@ class Kube:
         resource_version: str,
         namespace: str | None = None,
         timeout_seconds: int = 300,
+        label_selector: str = "",
     ) -> AsyncIterator[JSON]:
         """Watch events from `resource_version` until the server ends the stream."""
-        query = {
+        query: dict[str, str | int] = {
             "watch": "true",
             "resourceVersion": resource_version,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": timeout_seconds,
         }
+        if label_selector:
+            query["labelSelector"] = label_selector
         async with self._http().get(
             self.credentials.server + ref.path(namespace),
             params=[(k, str(v)) for k, v in query.items()],

@@ -73,11 +73,13 @@ class Informer:
         indexers: Mapping[str, Indexer],
         on_change: Callable[[Changed], None] = lambda changed: None,
         namespaces: Sequence[str] = (),
+        label_selector: str = "",
         page: int = PAGE,
         watch_timeout_s: int = 300,
     ) -> None:
         self.kube, self.ref, self.page, self.watch_timeout_s = kube, ref, page, watch_timeout_s
         self.scopes: list[str | None] = list(namespaces) or [None]
+        self.label_selector = label_selector  # objects it excludes are never sent, never parsed
         self.indexers = dict(indexers)
         self.indexes: dict[str, FactIndex[Any]] = {name: FactIndex() for name in indexers}
         self.on_change = on_change
@@ -114,6 +116,8 @@ class Informer:
         token, version = "", ""
         while True:
             query: dict[str, str | int] = {"limit": self.page}
+            if self.label_selector:
+                query["labelSelector"] = self.label_selector
             if token:
                 query["continue"] = token
             try:
@@ -139,7 +143,10 @@ class Informer:
 
     async def _watch(self, namespace: str | None, version: str) -> str:
         """Apply watch events until the server ends the stream; the latest version seen."""
-        events = self.kube.watch(self.ref, version, namespace=namespace, timeout_seconds=self.watch_timeout_s)
+        events = self.kube.watch(
+            self.ref, version, namespace=namespace, timeout_seconds=self.watch_timeout_s,
+            label_selector=self.label_selector,
+        )  # fmt: skip
         async for event in events:
             kind, body = event.get("type"), event.get("object") or {}
             if kind == "ERROR":

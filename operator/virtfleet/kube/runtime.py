@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from virtfleet.core.kubevirt_api import FULL_KUBEVIRT_API, KubeVirtAPI
 from virtfleet.core.plan_executor import Attempt, ColdMove, Refusal
@@ -64,9 +64,10 @@ class Runtime:
     # What finished plan migrations and cold moves last showed (target start-up, cold downtime): kept when
     # the objects they came from go with their plans.
     learned: dict[str, float] = field(default_factory=dict)
-    # The VMs and VMIs, from the operator's own informers (started with the operator; see kube.informer).
+    # The VMs, VMIs and pods, from the operator's own informers (started with the operator; see kube.informer).
     vms: Informer | None = None
     vmis: Informer | None = None
+    pods: Informer | None = None  # pods that are not virt-launchers
 
     async def vm_index(self, name: str) -> FactIndex[Any]:
         """One of the VM informer's indexes ("pool_members", "cold_moves") once its first list is filed: a
@@ -76,6 +77,10 @@ class Runtime:
     async def placements(self) -> list[Any]:
         """Every VMI's footprint (core.capacity.Placed), once the VMI informer's first list is filed."""
         return list((await self._index(self.vmis, "placements")).get(None, ()))
+
+    async def other_pods(self) -> Mapping[str, list[tuple[int, int]]]:
+        """Node -> requests of its pods that are not VMs, once the pod informer's first list is filed."""
+        return cast(Mapping[str, list[tuple[int, int]]], await self._index(self.pods, "other_pods"))
 
     @staticmethod
     async def _index(informer: Informer | None, name: str) -> FactIndex[Any]:
